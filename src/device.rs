@@ -1,0 +1,140 @@
+//! Backend selection at run time.
+//!
+//! burn 0.22 carries the backend in the device, so choosing a [`Device`] chooses the backend:
+//! `cpu` (the fastest CPU backend compiled in: burn-flex), `flex`, `ndarray` (deprecated in
+//! burn, kept for comparison) or `wgpu` (any Vulkan/Metal/DX12 adapter, lavapipe included).
+
+use crate::error::{Error, Result};
+
+/// The backends kiln can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-flex: pure-Rust CPU backend (gemm, SIMD, rayon).
+    Flex,
+    /// burn-ndarray: the older CPU backend.
+    NdArray,
+    /// burn-wgpu: GPU through wgpu.
+    Wgpu,
+}
+
+impl BackendKind {
+    /// The name used on command lines and in benchmark output.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::NdArray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// A compute device: which backend runs the model, and on which hardware.
+#[derive(Debug, Clone)]
+pub struct Device {
+    inner: burn::tensor::Device,
+    kind: BackendKind,
+}
+
+impl Device {
+    /// The default CPU backend (burn-flex when compiled in, else burn-ndarray).
+    pub fn cpu() -> Self {
+        #[cfg(feature = "flex")]
+        {
+            Self::flex()
+        }
+        #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+        {
+            Self::ndarray()
+        }
+        #[cfg(all(not(feature = "flex"), not(feature = "ndarray")))]
+        {
+            compile_error!("kiln needs at least one CPU backend feature: `flex` or `ndarray`");
+        }
+    }
+
+    /// burn-flex (pure-Rust CPU).
+    #[cfg(feature = "flex")]
+    pub fn flex() -> Self {
+        Self {
+            inner: burn::tensor::Device::flex(),
+            kind: BackendKind::Flex,
+        }
+    }
+
+    /// burn-ndarray (CPU; deprecated by burn in favour of flex).
+    #[cfg(feature = "ndarray")]
+    #[allow(deprecated)]
+    pub fn ndarray() -> Self {
+        Self {
+            inner: burn::tensor::Device::ndarray(),
+            kind: BackendKind::NdArray,
+        }
+    }
+
+    /// burn-wgpu on the best adapter wgpu finds (a software Vulkan driver when there is no GPU).
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu() -> Self {
+        Self {
+            inner: burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            kind: BackendKind::Wgpu,
+        }
+    }
+
+    /// Parses a device name: `cpu`, `flex`, `ndarray`, `wgpu` (or `gpu`).
+    ///
+    /// A name whose backend was not compiled in is an [`Error::Device`] that says which cargo
+    /// feature enables it.
+    pub fn from_name(name: &str) -> Result<Self> {
+        #[allow(unused_variables)]
+        let missing = |feature: &str| Error::Device {
+            name: name.to_string(),
+            message: format!("this build of kiln lacks the `{feature}` cargo feature"),
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::cpu()),
+            "flex" => {
+                #[cfg(feature = "flex")]
+                return Ok(Self::flex());
+                #[allow(unreachable_code)]
+                Err(missing("flex"))
+            }
+            "ndarray" => {
+                #[cfg(feature = "ndarray")]
+                return Ok(Self::ndarray());
+                #[allow(unreachable_code)]
+                Err(missing("ndarray"))
+            }
+            "wgpu" | "gpu" | "vulkan" => {
+                #[cfg(feature = "wgpu")]
+                return Ok(Self::wgpu());
+                #[allow(unreachable_code)]
+                Err(missing("wgpu"))
+            }
+            _ => Err(Error::Device {
+                name: name.to_string(),
+                message: "unknown device; expected one of cpu, flex, ndarray, wgpu".into(),
+            }),
+        }
+    }
+
+    /// Which backend this device runs.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The backend's name (`flex`, `ndarray`, `wgpu`).
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// The underlying burn device, for code that builds its own tensors.
+    pub fn burn(&self) -> &burn::tensor::Device {
+        &self.inner
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Self::cpu()
+    }
+}

@@ -1,0 +1,209 @@
+//! The [`Generator`]: an iterator over generated tokens and their text.
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::generation::{GenerationConfig, ProcessorChain, Sampler, StopMatcher};
+use crate::session::Session;
+use crate::tokenizer::IncrementalDecoder;
+
+/// One generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    /// Its id.
+    pub id: u32,
+    /// The text it completes: whole UTF-8 only, possibly empty (part of a character, a special
+    /// token, or text held back while it might start a stop string).
+    pub text: String,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// `max_new_tokens` reached, or the model's context is full.
+    Length,
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// A stop string appeared.
+    Stop,
+}
+
+impl FinishReason {
+    /// `length`, `eos` or `stop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Prompt tokens run before the first sample.
+    pub prompt_tokens: usize,
+    /// Seconds spent on them.
+    pub prefill_s: f64,
+    /// Tokens generated so far.
+    pub generated_tokens: usize,
+    /// Decode steps (forward passes after the prefill).
+    pub decode_steps: usize,
+    /// Seconds spent in decode steps.
+    pub decode_s: f64,
+}
+
+impl GenerationStats {
+    /// Prompt tokens per second.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill_s)
+    }
+
+    /// Decoded tokens per second.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.decode_steps, self.decode_s)
+    }
+}
+
+fn rate(n: usize, s: f64) -> f64 {
+    if n == 0 || s <= 0.0 {
+        0.0
+    } else {
+        n as f64 / s
+    }
+}
+
+/// Streams tokens from a [`Session`]. Each item is one token with its text delta; iteration
+/// ends at EOS (unless ignored), a stop string, `max_new_tokens` or a full context.
+pub struct Generator<'a> {
+    session: &'a mut Session,
+    cfg: GenerationConfig,
+    chain: ProcessorChain,
+    sampler: Sampler,
+    stop: StopMatcher,
+    decoder: Option<IncrementalDecoder>,
+    logits: Option<Vec<f32>>,
+    finish: Option<FinishReason>,
+    stats: GenerationStats,
+}
+
+impl<'a> Generator<'a> {
+    pub(crate) fn new(
+        session: &'a mut Session,
+        cfg: &GenerationConfig,
+        logits: Vec<f32>,
+        decoder_context: Vec<u32>,
+        prompt_tokens: usize,
+        prefill_s: f64,
+    ) -> Result<Self> {
+        let decoder = match session.model().tokenizer() {
+            Ok(tok) => Some(IncrementalDecoder::new(tok, &decoder_context, true)?),
+            Err(_) => None,
+        };
+        Ok(Self {
+            chain: ProcessorChain::from_config(cfg),
+            sampler: if cfg.is_greedy() {
+                Sampler::greedy()
+            } else {
+                Sampler::seeded(cfg.seed)
+            },
+            stop: StopMatcher::new(cfg.stop.clone()),
+            cfg: cfg.clone(),
+            decoder,
+            logits: Some(logits),
+            finish: (cfg.max_new_tokens == 0).then_some(FinishReason::Length),
+            stats: GenerationStats {
+                prompt_tokens,
+                prefill_s,
+                ..Default::default()
+            },
+            session,
+        })
+    }
+
+    /// Why generation ended (`None` while it goes on).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Timings so far.
+    pub fn stats(&self) -> GenerationStats {
+        self.stats
+    }
+
+    fn step(&mut self) -> Result<Token> {
+        let mut logits = match self.logits.take() {
+            Some(l) => l,
+            None => {
+                let t0 = Instant::now();
+                let l = self.session.run_pending()?;
+                self.stats.decode_s += t0.elapsed().as_secs_f64();
+                self.stats.decode_steps += 1;
+                l
+            }
+        };
+        let model = self.session.model().clone();
+        let history = self.session.tokens();
+        self.chain.process(&mut logits, history);
+        let id = self.sampler.sample(&logits);
+        let is_eos = model.eos_token_ids().contains(&id);
+        let full = history.len() + 1 >= model.max_context();
+        let tokenizer = model.tokenizer().ok();
+        self.session.push_token(id);
+        self.stats.generated_tokens += 1;
+
+        let mut delta = String::new();
+        if is_eos && !self.cfg.ignore_eos {
+            self.finish = Some(FinishReason::Eos);
+        } else if let (Some(dec), Some(tok)) = (self.decoder.as_mut(), tokenizer) {
+            delta = dec.push(tok, id)?;
+        }
+        if self.finish.is_none() && (self.stats.generated_tokens >= self.cfg.max_new_tokens || full)
+        {
+            self.finish = Some(FinishReason::Length);
+        }
+        let (mut text, matched) = self.stop.push(&delta);
+        if matched {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.finish.is_some() {
+            if let (Some(dec), Some(tok)) = (self.decoder.as_mut(), tokenizer) {
+                let tail = dec.flush(tok)?;
+                let (more, matched) = self.stop.push(&tail);
+                text.push_str(&more);
+                if matched {
+                    self.finish = Some(FinishReason::Stop);
+                }
+            }
+            if self.finish != Some(FinishReason::Stop) {
+                text.push_str(&self.stop.flush());
+            }
+        }
+        Ok(Token { id, text })
+    }
+}
+
+impl Iterator for Generator<'_> {
+    type Item = Result<Token>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let out = self.step();
+        if out.is_err() {
+            self.finish = Some(FinishReason::Length);
+        }
+        Some(out)
+    }
+}
+
+impl std::fmt::Debug for Generator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("cfg", &self.cfg)
+            .field("finish", &self.finish)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}

@@ -1,0 +1,206 @@
+//! Logits processors: each rewrites the next-token scores in place, in a fixed chain
+//! (repetition penalty → temperature → top-k → top-p → min-p), as transformers orders them.
+//! Filtered tokens get `-inf`.
+
+use crate::generation::GenerationConfig;
+
+/// One step of the chain.
+pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
+    /// Rewrites `logits` (one score per vocabulary entry); `history` is every token so far.
+    fn process(&self, logits: &mut [f32], history: &[u32]);
+}
+
+/// CTRL repetition penalty: scores of tokens already seen are divided by `penalty` when
+/// positive, multiplied when negative.
+#[derive(Debug, Clone)]
+pub struct RepetitionPenalty(pub f32);
+
+impl LogitsProcessor for RepetitionPenalty {
+    fn process(&self, logits: &mut [f32], history: &[u32]) {
+        let mut seen = vec![false; logits.len()];
+        for &t in history {
+            if let Some(s) = seen.get_mut(t as usize) {
+                *s = true;
+            }
+        }
+        for (l, s) in logits.iter_mut().zip(seen) {
+            if s {
+                *l = if *l > 0.0 { *l / self.0 } else { *l * self.0 };
+            }
+        }
+    }
+}
+
+/// Divides every score by the temperature.
+#[derive(Debug, Clone)]
+pub struct Temperature(pub f32);
+
+impl LogitsProcessor for Temperature {
+    fn process(&self, logits: &mut [f32], _: &[u32]) {
+        logits.iter_mut().for_each(|l| *l /= self.0);
+    }
+}
+
+/// Keeps the `k` highest scores (ties at the threshold are kept, as transformers does).
+#[derive(Debug, Clone)]
+pub struct TopK(pub usize);
+
+impl LogitsProcessor for TopK {
+    fn process(&self, logits: &mut [f32], _: &[u32]) {
+        if self.0 == 0 || self.0 >= logits.len() {
+            return;
+        }
+        let mut sorted: Vec<f32> = logits.to_vec();
+        let (_, kth, _) = sorted.select_nth_unstable_by(self.0 - 1, |a, b| b.total_cmp(a));
+        let kth = *kth;
+        logits
+            .iter_mut()
+            .filter(|l| **l < kth)
+            .for_each(|l| *l = f32::NEG_INFINITY);
+    }
+}
+
+/// Nucleus filtering: keeps the most likely tokens whose cumulative probability reaches `p`
+/// (at least one token is always kept).
+#[derive(Debug, Clone)]
+pub struct TopP(pub f32);
+
+impl LogitsProcessor for TopP {
+    fn process(&self, logits: &mut [f32], _: &[u32]) {
+        if self.0 >= 1.0 {
+            return;
+        }
+        let probs = softmax(logits);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let mut cum = 0.0f32;
+        let mut keep = order.len();
+        for (rank, &i) in order.iter().enumerate() {
+            cum += probs[i];
+            if cum >= self.0 {
+                keep = rank + 1;
+                break;
+            }
+        }
+        for &i in &order[keep..] {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Drops tokens whose probability is below `p` times the top token's.
+#[derive(Debug, Clone)]
+pub struct MinP(pub f32);
+
+impl LogitsProcessor for MinP {
+    fn process(&self, logits: &mut [f32], _: &[u32]) {
+        let probs = softmax(logits);
+        let top = probs.iter().cloned().fold(0.0f32, f32::max);
+        let threshold = self.0 * top;
+        for (l, p) in logits.iter_mut().zip(probs) {
+            if p < threshold {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The processors a [`GenerationConfig`] asks for, in order.
+#[derive(Debug, Default)]
+pub struct ProcessorChain {
+    steps: Vec<Box<dyn LogitsProcessor>>,
+}
+
+impl ProcessorChain {
+    /// Builds the chain for `cfg` (greedy decoding skips temperature and the filters, which
+    /// cannot change the argmax).
+    pub fn from_config(cfg: &GenerationConfig) -> Self {
+        let mut steps: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+        if let Some(r) = cfg.repetition_penalty.filter(|r| *r != 1.0) {
+            steps.push(Box::new(RepetitionPenalty(r)));
+        }
+        if !cfg.is_greedy() {
+            if cfg.temperature != 1.0 {
+                steps.push(Box::new(Temperature(cfg.temperature)));
+            }
+            if let Some(k) = cfg.top_k.filter(|k| *k > 0) {
+                steps.push(Box::new(TopK(k)));
+            }
+            if let Some(p) = cfg.top_p.filter(|p| *p < 1.0) {
+                steps.push(Box::new(TopP(p)));
+            }
+            if let Some(p) = cfg.min_p.filter(|p| *p > 0.0) {
+                steps.push(Box::new(MinP(p)));
+            }
+        }
+        Self { steps }
+    }
+
+    /// Appends a custom processor.
+    pub fn push(&mut self, p: Box<dyn LogitsProcessor>) {
+        self.steps.push(p);
+    }
+
+    /// Runs every step.
+    pub fn process(&self, logits: &mut [f32], history: &[u32]) {
+        for s in &self.steps {
+            s.process(logits, history);
+        }
+    }
+}
+
+/// Numerically stable softmax of a score vector.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut p: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = p.iter().sum();
+    p.iter_mut().for_each(|x| *x /= sum);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repetition_penalty_divides_positive_multiplies_negative() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        RepetitionPenalty(2.0).process(&mut l, &[0, 1, 1]);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn temperature_scales() {
+        let mut l = vec![2.0, -1.0];
+        Temperature(0.5).process(&mut l, &[]);
+        assert_eq!(l, vec![4.0, -2.0]);
+    }
+
+    #[test]
+    fn top_k_keeps_k_best() {
+        let mut l = vec![1.0, 5.0, 3.0, 4.0];
+        TopK(2).process(&mut l, &[]);
+        assert_eq!(l, vec![f32::NEG_INFINITY, 5.0, f32::NEG_INFINITY, 4.0]);
+    }
+
+    #[test]
+    fn top_p_keeps_nucleus() {
+        // probabilities 0.5, 0.3, 0.2 (log-space)
+        let mut l: Vec<f32> = [0.5f32, 0.3, 0.2].iter().map(|p| p.ln()).collect();
+        TopP(0.75).process(&mut l, &[]);
+        assert!(l[0].is_finite() && l[1].is_finite());
+        assert_eq!(l[2], f32::NEG_INFINITY);
+        let mut l: Vec<f32> = [0.5f32, 0.3, 0.2].iter().map(|p| p.ln()).collect();
+        TopP(0.4).process(&mut l, &[]);
+        assert!(l[0].is_finite());
+        assert!(l[1..].iter().all(|x| *x == f32::NEG_INFINITY));
+    }
+
+    #[test]
+    fn min_p_drops_unlikely() {
+        let mut l: Vec<f32> = [0.6f32, 0.3, 0.1].iter().map(|p| p.ln()).collect();
+        MinP(0.25).process(&mut l, &[]);
+        assert!(l[0].is_finite() && l[1].is_finite());
+        assert_eq!(l[2], f32::NEG_INFINITY);
+    }
+}

@@ -1,0 +1,11 @@
+//! From a Hugging Face model folder to typed config and weights.
+//!
+//! - [`weights`]: safetensors files (single or sharded through `model.safetensors.index.json`),
+//!   memory-mapped, converted tensor by tensor (f32, f16, bf16), loaded strictly.
+//! - [`config`]: helpers for reading `config.json` and `generation_config.json`.
+
+pub mod config;
+pub mod weights;
+
+pub use config::{read_json, GenerationDefaults};
+pub use weights::WeightStore;

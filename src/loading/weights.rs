@@ -1,0 +1,302 @@
+//! Safetensors weights: memory-mapped, sharded, strict.
+//!
+//! The files stay memory-mapped; each tensor is converted to f32 on its own (in parallel with
+//! rayon for half-precision files) and handed to the backend, so at most one tensor is ever
+//! held twice. Loading is strict: [`WeightStore::take`] fails on a missing or mis-shaped tensor
+//! and [`WeightStore::finish`] fails when the files hold tensors the model did not use.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData};
+use memmap2::Mmap;
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// Names that checkpoints sometimes carry but that hold nothing the model needs
+/// (buffers recomputed at load time).
+const IGNORED_SUFFIXES: &[&str] = &["rotary_emb.inv_freq"];
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The tensors of a model folder, memory-mapped.
+pub struct WeightStore {
+    root: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    entries: HashMap<String, Entry>,
+    taken: HashSet<String>,
+}
+
+impl WeightStore {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`, or
+    /// (failing both) every `*.safetensors` file of the folder.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let paths: Vec<PathBuf> = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: BTreeMap<String, String>,
+            }
+            let idx: Index = crate::loading::read_json(&index)?;
+            let mut shards: Vec<String> = idx.weight_map.into_values().collect();
+            shards.sort();
+            shards.dedup();
+            if shards.is_empty() {
+                return Err(Error::Safetensors {
+                    path: index,
+                    message: "weight_map is empty".into(),
+                });
+            }
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(Error::MissingFile {
+                    path: single,
+                    what: "the model's weights (model.safetensors, model.safetensors.index.json or *.safetensors)".into(),
+                });
+            }
+            found
+        };
+        let mut store = WeightStore {
+            root: dir.to_path_buf(),
+            files: Vec::new(),
+            entries: HashMap::new(),
+            taken: HashSet::new(),
+        };
+        for path in paths {
+            store.add_file(path)?;
+        }
+        Ok(store)
+    }
+
+    fn add_file(&mut self, path: PathBuf) -> Result<()> {
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::MissingFile {
+                    path: path.clone(),
+                    what: "a weight shard named in the index".into(),
+                }
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        // SAFETY: the mapping is read-only; a model folder modified while loaded is outside
+        // what kiln (or any mmap-based loader) can defend against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let base = 8 + header_len;
+        let file_idx = self.files.len();
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
+            if base + end > mmap.len() || start > end {
+                return Err(Error::Safetensors {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} points past the end of the file"),
+                });
+            }
+            if self.entries.contains_key(&name) {
+                return Err(Error::Safetensors {
+                    path: path.clone(),
+                    message: format!("tensor {name:?} appears in more than one file"),
+                });
+            }
+            self.entries.insert(
+                name,
+                Entry {
+                    file: file_idx,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: base + start,
+                    end: base + end,
+                },
+            );
+        }
+        self.files.push((path, mmap));
+        Ok(())
+    }
+
+    /// Whether the files hold a tensor of this name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The storage dtype of a tensor, if present.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    /// Reads a tensor as f32 host data, checking its shape.
+    pub fn read_f32(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            path: self.root.clone(),
+        })?;
+        let (path, mmap) = &self.files[entry.file];
+        if entry.shape != expected {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: entry.shape.clone(),
+                path: path.clone(),
+            });
+        }
+        let bytes = &mmap[entry.start..entry.end];
+        let n: usize = expected.iter().product();
+        let width = match entry.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(Error::Safetensors {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor {name:?} has dtype {other:?}; kiln reads F32, F16 and BF16"
+                    ),
+                })
+            }
+        };
+        if bytes.len() != n * width {
+            return Err(Error::Safetensors {
+                path: path.clone(),
+                message: format!(
+                    "tensor {name:?} holds {} bytes, its shape {:?} needs {}",
+                    bytes.len(),
+                    entry.shape,
+                    n * width
+                ),
+            });
+        }
+        let out = convert_to_f32(bytes, entry.dtype, n);
+        self.taken.insert(name.to_string());
+        Ok(out)
+    }
+
+    /// Loads a tensor onto `device` as f32, checking its shape.
+    pub fn take<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Result<Tensor<D>> {
+        let data = self.read_f32(name, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(data, shape),
+            device.burn(),
+        ))
+    }
+
+    /// Marks a tensor as deliberately unused (e.g. a tied `lm_head.weight` copy).
+    pub fn skip(&mut self, name: &str) {
+        if self.entries.contains_key(name) {
+            self.taken.insert(name.to_string());
+        }
+    }
+
+    /// Fails if the files hold tensors the model never asked for.
+    pub fn finish(self) -> Result<()> {
+        let mut extra: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|n| !self.taken.contains(*n))
+            .filter(|n| !IGNORED_SUFFIXES.iter().any(|s| n.ends_with(s)))
+            .collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        extra.sort();
+        let count = extra.len();
+        let mut names: Vec<String> = extra.iter().take(5).map(|s| format!("{s:?}")).collect();
+        if count > 5 {
+            names.push(format!("and {} more", count - 5));
+        }
+        Err(Error::UnexpectedTensors {
+            path: self.root,
+            names: names.join(", "),
+        })
+    }
+}
+
+/// Converts little-endian f32/f16/bf16 bytes to f32, in parallel for large tensors.
+fn convert_to_f32(bytes: &[u8], dtype: Dtype, n: usize) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![0f32; n];
+    match dtype {
+        Dtype::F32 => out
+            .par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * 4))
+            .for_each(|(o, b)| {
+                for (x, c) in o.iter_mut().zip(b.chunks_exact(4)) {
+                    *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }),
+        Dtype::F16 => out
+            .par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * 2))
+            .for_each(|(o, b)| {
+                for (x, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                    *x = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }),
+        Dtype::BF16 => out
+            .par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * 2))
+            .for_each(|(o, b)| {
+                for (x, c) in o.iter_mut().zip(b.chunks_exact(2)) {
+                    *x = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }),
+        _ => unreachable!("dtype checked by the caller"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_half_types() {
+        let vals = [1.5f32, -2.25, 0.0, 65504.0];
+        let f16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let bf16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(convert_to_f32(&f16, Dtype::F16, 4), vals.to_vec());
+        assert_eq!(
+            convert_to_f32(&bf16, Dtype::BF16, 4),
+            vec![1.5, -2.25, 0.0, 65536.0]
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! [`Model`]: weights, config and tokenizer of one model folder; immutable and shareable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::{activation, Int, Tensor, TensorData};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::loading::{GenerationDefaults, WeightStore};
+use crate::models::{self, CausalLm, LogitsFor};
+use crate::nn::KvCache;
+use crate::session::Session;
+use crate::tokenizer::Tokenizer;
+
+/// Tokens run through the model per step when a long input is fed at once.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// A loaded model: weights on a [`Device`], its config, tokenizer and generation defaults.
+///
+/// Cloning is cheap (the weights are shared) and a `Model` is `Send + Sync`: load once, then
+/// open a [`Session`] per conversation, from any thread.
+#[derive(Debug, Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    lm: Box<dyn CausalLm>,
+    tokenizer: Option<Tokenizer>,
+    defaults: GenerationDefaults,
+    eos: Vec<u32>,
+    device: Device,
+    dir: PathBuf,
+}
+
+impl Model {
+    /// Loads a Hugging Face model folder: `config.json`, `model.safetensors` (or a sharded
+    /// index), `tokenizer.json` (optional: without it only token-id APIs work) and
+    /// `generation_config.json` (optional).
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: dir.to_path_buf(),
+                what: "the model folder (config.json, *.safetensors, tokenizer.json)".into(),
+            });
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(Error::MissingFile {
+                path: config_path,
+                what: "the model's config (config.json)".into(),
+            });
+        }
+        let mut store = WeightStore::open(dir)?;
+        let lm = models::load(dir, &mut store, device)?;
+        store.finish()?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = if tokenizer_path.exists() {
+            Some(Tokenizer::from_file(&tokenizer_path)?)
+        } else {
+            tracing::warn!(
+                "{} not found: only token-id APIs will work",
+                tokenizer_path.display()
+            );
+            None
+        };
+        let defaults = GenerationDefaults::load(dir)?;
+        let eos = match &defaults.eos_token_id {
+            Some(e) => e.to_vec(),
+            None => lm.config_special_ids().1,
+        };
+        let vocab = lm.vocab_size();
+        if let Some(bad) = eos.iter().find(|&&e| e as usize >= vocab) {
+            return Err(Error::config(
+                dir.join("generation_config.json"),
+                format!("eos_token_id {bad} is outside the vocabulary (size {vocab})"),
+            ));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                lm,
+                tokenizer,
+                defaults,
+                eos,
+                device: device.clone(),
+                dir: dir.to_path_buf(),
+            }),
+        })
+    }
+
+    /// A new conversation with an empty KV cache.
+    pub fn session(&self) -> Session {
+        Session::new(self.clone())
+    }
+
+    /// The tokenizer, or [`Error::MissingFile`] if the folder had no `tokenizer.json`.
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.inner
+            .tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::MissingFile {
+                path: self.inner.dir.join("tokenizer.json"),
+                what: "the model's tokenizer, needed for text input and output".into(),
+            })
+    }
+
+    /// Whether a tokenizer was loaded.
+    pub fn has_tokenizer(&self) -> bool {
+        self.inner.tokenizer.is_some()
+    }
+
+    /// Encodes text as transformers does by default (`add_special_tokens=True`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer()?.encode(text, true)
+    }
+
+    /// Token ids that end generation.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.inner.eos
+    }
+
+    /// `generation_config.json` as found in the folder.
+    pub fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.inner.defaults
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.lm.vocab_size()
+    }
+
+    /// Context length (`max_position_embeddings`).
+    pub fn max_context(&self) -> usize {
+        self.inner.lm.max_context()
+    }
+
+    /// Architecture name (`llama`, `mistral`, `qwen2`).
+    pub fn architecture(&self) -> &str {
+        self.inner.lm.architecture()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    /// The folder the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn lm(&self) -> &dyn CausalLm {
+        self.inner.lm.as_ref()
+    }
+
+    /// Checks ids against the vocabulary and the context length.
+    pub(crate) fn check_ids(&self, ids: &[u32], already: usize) -> Result<()> {
+        let vocab = self.vocab_size();
+        if let Some(&id) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        let needed = already + ids.len();
+        if needed > self.max_context() {
+            return Err(Error::ContextOverflow {
+                needed,
+                limit: self.max_context(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Feeds `ids` after what `cache` holds, in chunks, and returns the last position's logits.
+    pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut last = None;
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            last = Some(self.lm().forward(chunk, cache, LogitsFor::Last));
+        }
+        let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
+        to_vec(last)
+    }
+
+    /// Logits at every position of `ids` (a fresh sequence), one row of `vocab_size` per token.
+    pub fn forward_logits(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if ids.is_empty() {
+            return Err(Error::invalid_arg("ids", "no tokens to score"));
+        }
+        self.check_ids(ids, 0)?;
+        let mut cache = self.lm().new_cache();
+        let vocab = self.vocab_size();
+        let mut rows = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let flat = to_vec(self.lm().forward(chunk, &mut cache, LogitsFor::All))?;
+            rows.extend(flat.chunks(vocab).map(<[f32]>::to_vec));
+        }
+        Ok(rows)
+    }
+
+    /// Negative log-likelihood (natural log, f32) of each token given those before it:
+    /// entry `i` is `−log p(ids[i+1] | ids[..=i])`, so there are `ids.len() − 1` entries.
+    pub fn token_nll(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.len() < 2 {
+            return Err(Error::invalid_arg(
+                "ids",
+                "scoring needs at least two tokens",
+            ));
+        }
+        self.check_ids(ids, 0)?;
+        let mut cache = self.lm().new_cache();
+        let device = self.device().burn();
+        let mut out = Vec::with_capacity(ids.len() - 1);
+        let mut start = 0;
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let logits = self.lm().forward(chunk, &mut cache, LogitsFor::All);
+            let n = chunk.len().min(ids.len() - 1 - start);
+            if n > 0 {
+                let [_, vocab] = logits.dims();
+                let logp = activation::log_softmax(logits.slice([0..n, 0..vocab]), 1);
+                let targets: Vec<i64> = ids[start + 1..start + 1 + n]
+                    .iter()
+                    .map(|&t| t as i64)
+                    .collect();
+                let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
+                let picked = to_vec(logp.gather(1, targets))?;
+                out.extend(picked.into_iter().map(|x| -x));
+            }
+            start += chunk.len();
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a tensor back to the host as f32.
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_data()
+        .map_err(|e| Error::Backend(format!("reading a result back: {e:?}")))?
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Backend(format!("reading a result back: {e:?}")))
+}

@@ -1,0 +1,402 @@
+//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral (full attention) and Qwen2.
+//!
+//! Config → decoder layer (attention + gated MLP, pre-RMSNorm, residuals) → model. What differs
+//! between the three lives in [`LlamaConfig::from_json`]: Qwen2 always has q/k/v biases, Llama
+//! may have `attention_bias`/`mlp_bias`, and each has its own defaults.
+//!
+//! Checkpoint names (no renaming or permutation needed):
+//!
+//! | tensor | shape |
+//! |---|---|
+//! | `model.embed_tokens.weight` | `[vocab, hidden]` |
+//! | `model.layers.{i}.input_layernorm.weight` | `[hidden]` |
+//! | `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight` (+ `.bias`) | `[out, in]` |
+//! | `model.layers.{i}.post_attention_layernorm.weight` | `[hidden]` |
+//! | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[out, in]` |
+//! | `model.norm.weight` | `[hidden]` |
+//! | `lm_head.weight` (absent when tied) | `[vocab, hidden]` |
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::loading::config::OneOrMany;
+use crate::loading::WeightStore;
+use crate::models::{CausalLm, LogitsFor};
+use crate::nn::{
+    Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
+    RmsNorm, RopeScaling, RotaryEmbedding,
+};
+
+/// `config.json` as written by transformers (field names kept).
+#[derive(Debug, Clone, Deserialize)]
+struct RawConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    bos_token_id: Option<OneOrMany>,
+    #[serde(default)]
+    eos_token_id: Option<OneOrMany>,
+}
+
+/// The resolved runtime configuration.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    /// `llama`, `mistral` or `qwen2`.
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Attention settings shared by all layers.
+    pub attention: AttentionConfig,
+    /// MLP activation.
+    pub act: Activation,
+    /// Bias in the MLP projections.
+    pub mlp_bias: bool,
+    /// Context length.
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
+    /// Output projection shares the embedding table.
+    pub tie_word_embeddings: bool,
+    /// `bos_token_id` from config.json.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id` from config.json.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl LlamaConfig {
+    /// Resolves a parsed `config.json` (at `path`, for messages) of a Llama-family model.
+    pub fn from_json(path: &Path, value: serde_json::Value, model_type: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |m: String| Error::config(path, m);
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(bad(format!("`{name}` must be positive")))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("vocab_size", raw.vocab_size)?;
+        positive("hidden_size", raw.hidden_size)?;
+        positive("intermediate_size", raw.intermediate_size)?;
+        positive("num_hidden_layers", raw.num_hidden_layers)?;
+        let heads = positive("num_attention_heads", raw.num_attention_heads)?;
+        let kv_heads = positive(
+            "num_key_value_heads",
+            raw.num_key_value_heads.unwrap_or(heads),
+        )?;
+        if heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})"
+            )));
+        }
+        let head_dim = match raw.head_dim {
+            Some(d) => positive("head_dim", d)?,
+            None => {
+                if raw.hidden_size % heads != 0 {
+                    return Err(bad(format!(
+                        "hidden_size ({}) is not divisible by num_attention_heads ({heads}) and no head_dim is given",
+                        raw.hidden_size
+                    )));
+                }
+                raw.hidden_size / heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "head_dim ({head_dim}) must be even for rotary embeddings"
+            )));
+        }
+        let act = Activation::from_hf(raw.hidden_act.as_deref().unwrap_or("silu"))
+            .map_err(|e| bad(e.to_string()))?;
+        let (default_ctx, qkv_bias_forced) = match model_type {
+            "mistral" => (131072, false),
+            "qwen2" => (32768, true),
+            _ => (2048, false),
+        };
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let rope_params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
+        let rope_theta = rope_params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(|v| v.as_f64())
+            .or(raw.rope_theta)
+            .unwrap_or(10000.0);
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(bad(format!(
+                "rope_theta ({rope_theta}) must be a finite number > 1"
+            )));
+        }
+        let max_position_embeddings = positive(
+            "max_position_embeddings",
+            raw.max_position_embeddings.unwrap_or(default_ctx),
+        )?;
+        let rope_scaling = parse_rope_scaling(rope_params).map_err(bad)?;
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
+            return Err(bad(format!(
+                "rms_norm_eps ({rms_norm_eps}) must be a finite non-negative number"
+            )));
+        }
+        Ok(Self {
+            model_type: model_type.to_string(),
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            attention: AttentionConfig {
+                hidden: raw.hidden_size,
+                heads,
+                kv_heads,
+                head_dim,
+                qkv_bias: qkv_bias_forced || attention_bias,
+                o_bias: attention_bias && !qkv_bias_forced,
+            },
+            act,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            max_position_embeddings,
+            rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            bos_token_id: raw.bos_token_id.and_then(|b| b.to_vec().first().copied()),
+            eos_token_ids: raw.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
+        })
+    }
+}
+
+fn parse_rope_scaling(
+    params: Option<&serde_json::Value>,
+) -> std::result::Result<RopeScaling, String> {
+    let Some(p) = params.filter(|p| !p.is_null()) else {
+        return Ok(RopeScaling::Default);
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> std::result::Result<f64, String> {
+        p.get(key)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("rope scaling `{kind}` needs a numeric `{key}`"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::Default),
+        "linear" => {
+            let factor = num("factor")?;
+            if factor <= 0.0 {
+                return Err(format!("rope scaling factor ({factor}) must be positive"));
+            }
+            Ok(RopeScaling::Linear { factor })
+        }
+        "llama3" => {
+            let s = RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            };
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                ..
+            } = s
+            {
+                if factor <= 0.0 || low_freq_factor <= 0.0 || high_freq_factor <= low_freq_factor {
+                    return Err("llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0".into());
+                }
+            }
+            Ok(s)
+        }
+        other => Err(format!(
+            "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+        )),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+/// A loaded Llama-family model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: RotaryEmbedding,
+    device: Device,
+}
+
+impl Llama {
+    /// Loads every tensor of the model from `store` (strictly: see [`WeightStore::finish`]).
+    pub fn load(cfg: LlamaConfig, store: &mut WeightStore, device: &Device) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let embed_tokens = Embedding::load(
+            store,
+            "model.embed_tokens.weight",
+            cfg.vocab_size,
+            h,
+            device,
+        )?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(DecoderLayer {
+                input_layernorm: RmsNorm::load(
+                    store,
+                    &format!("{p}.input_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                self_attn: Attention::load(
+                    store,
+                    &format!("{p}.self_attn"),
+                    cfg.attention.clone(),
+                    device,
+                )?,
+                post_attention_layernorm: RmsNorm::load(
+                    store,
+                    &format!("{p}.post_attention_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                    device,
+                )?,
+                mlp: GatedMlp::load(
+                    store,
+                    &format!("{p}.mlp"),
+                    h,
+                    cfg.intermediate_size,
+                    cfg.mlp_bias,
+                    cfg.act,
+                    device,
+                )?,
+            });
+        }
+        let norm = RmsNorm::load(store, "model.norm", h, cfg.rms_norm_eps, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            store.skip("lm_head.weight");
+            let w = store.read_f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+            Linear::from_pytorch(w, h, cfg.vocab_size, device)
+        } else {
+            Linear::load(store, "lm_head", h, cfg.vocab_size, false, device)?
+        };
+        let rope = RotaryEmbedding::new(cfg.attention.head_dim, cfg.rope_theta, &cfg.rope_scaling)?;
+        Ok(Self {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Tensor<2> {
+        let seq = ids.len();
+        let start = cache.len();
+        let max_len = cache.max_len();
+        let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
+        let ctx = AttentionContext::new(&self.rope, start, seq, group, &self.device);
+        let mut x = self.embed_tokens.forward(ids, &self.device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &self.rope,
+                &ctx,
+                cache.layer_mut(i),
+                max_len,
+            );
+            x = x + attn;
+            let mlp = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + mlp;
+        }
+        let h = self.cfg.hidden_size;
+        if which == LogitsFor::Last && seq > 1 {
+            x = x.slice([0..1, seq - 1..seq, 0..h]);
+        }
+        let n = x.dims()[1];
+        self.lm_head
+            .forward(self.norm.forward(x))
+            .reshape([n, self.cfg.vocab_size])
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.num_layers, self.cfg.max_position_embeddings)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>) {
+        (self.cfg.bos_token_id, self.cfg.eos_token_ids.clone())
+    }
+
+    fn architecture(&self) -> &str {
+        &self.cfg.model_type
+    }
+}

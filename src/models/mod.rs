@@ -1,0 +1,78 @@
+//! One file per architecture family; the dispatch from `config.json` to the right one.
+
+pub mod llama;
+
+use std::path::Path;
+
+use burn::tensor::Tensor;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::loading::WeightStore;
+use crate::nn::KvCache;
+
+/// Which positions a forward pass returns logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last position (prefill before sampling, decode).
+    Last,
+    /// Every position (scoring, perplexity).
+    All,
+}
+
+/// A decoder-only language model: token ids in, next-token logits out.
+pub trait CausalLm: Send + Sync + std::fmt::Debug {
+    /// Runs `ids` (the positions after those already in `cache`) and appends them to `cache`.
+    ///
+    /// # Shapes
+    /// returns `[n, vocab]` with `n = 1` for [`LogitsFor::Last`] and `ids.len()` for
+    /// [`LogitsFor::All`]
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Tensor<2>;
+
+    /// An empty cache sized for this model.
+    fn new_cache(&self) -> KvCache;
+
+    /// Vocabulary size (rows of the output projection).
+    fn vocab_size(&self) -> usize;
+
+    /// Longest sequence the model supports (`max_position_embeddings`).
+    fn max_context(&self) -> usize;
+
+    /// Token ids from `config.json` (`bos_token_id`, `eos_token_id`).
+    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>);
+
+    /// The architecture's name, e.g. `llama`.
+    fn architecture(&self) -> &str;
+}
+
+/// The `model_type` values kiln implements.
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
+
+/// Reads `config.json` in `dir`, picks the architecture and loads its weights.
+pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<dyn CausalLm>> {
+    let path = dir.join("config.json");
+    let value: serde_json::Value = crate::loading::read_json(&path)?;
+    let model_type = value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .or_else(|| {
+            value
+                .get("architectures")
+                .and_then(|a| a.get(0))
+                .and_then(|a| a.as_str())
+                .map(|a| a.trim_end_matches("ForCausalLM").to_ascii_lowercase())
+        })
+        .ok_or_else(|| Error::config(&path, "neither `model_type` nor `architectures` is set"))?;
+    match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => {
+            let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
+            Ok(Box::new(llama::Llama::load(cfg, store, device)?))
+        }
+        other => Err(Error::UnsupportedArchitecture {
+            path,
+            name: other.to_string(),
+            supported: SUPPORTED.join(", "),
+        }),
+    }
+}

@@ -1,0 +1,65 @@
+//! Feed-forward blocks.
+
+use burn::tensor::Tensor;
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::loading::WeightStore;
+use crate::nn::{Activation, Linear};
+
+/// Gated MLP (SwiGLU for `silu`): `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    /// Loads `gate_proj`, `up_proj`, `down_proj` under `prefix` (e.g. `model.layers.0.mlp`).
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        act: Activation,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate_proj: Linear::load(
+                store,
+                &format!("{prefix}.gate_proj"),
+                hidden,
+                intermediate,
+                bias,
+                device,
+            )?,
+            up_proj: Linear::load(
+                store,
+                &format!("{prefix}.up_proj"),
+                hidden,
+                intermediate,
+                bias,
+                device,
+            )?,
+            down_proj: Linear::load(
+                store,
+                &format!("{prefix}.down_proj"),
+                intermediate,
+                hidden,
+                bias,
+                device,
+            )?,
+            act,
+        })
+    }
+
+    /// # Shapes
+    /// `x: [batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = self.act.forward(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}

@@ -1,0 +1,22 @@
+//! Shared layers, written once and used by every architecture.
+//!
+//! Every `forward` documents its shapes. Tensors are `burn::tensor::Tensor<D>`; the device they
+//! live on decides the backend.
+
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod kv_cache;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use activation::Activation;
+pub use attention::{Attention, AttentionConfig, AttentionContext};
+pub use embedding::Embedding;
+pub use kv_cache::{KvCache, LayerCache};
+pub use linear::Linear;
+pub use mlp::GatedMlp;
+pub use norm::RmsNorm;
+pub use rope::{RopeScaling, RotaryEmbedding};

@@ -1,0 +1,38 @@
+//! Normalisation layers.
+
+use burn::tensor::Tensor;
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::loading::WeightStore;
+
+/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, computed in f32 as transformers does.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor<1>,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `{prefix}.weight` (`[dim]`).
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: store.take(&format!("{prefix}.weight"), [dim], device)?,
+            eps,
+        })
+    }
+
+    /// # Shapes
+    /// `x: [batch, seq, dim]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let var = x.clone().square().mean_dim(2);
+        let inv = var.add_scalar(self.eps).sqrt().recip();
+        x * inv * self.weight.clone().unsqueeze::<3>()
+    }
+}

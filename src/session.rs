@@ -1,0 +1,113 @@
+//! [`Session`]: one conversation's token history and KV cache.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::generation::{GenerationConfig, Generator};
+use crate::model::Model;
+use crate::nn::KvCache;
+
+/// One sequence's state. Positions come from the cache; a second `generate` continues from
+/// what the first left behind without re-running it.
+#[derive(Debug)]
+pub struct Session {
+    model: Model,
+    cache: KvCache,
+    /// Every token of the sequence; those past `cache.len()` are not yet run through the model.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub(crate) fn new(model: Model) -> Self {
+        let cache = model.lm().new_cache();
+        Self {
+            model,
+            cache,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// The model this session runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Every token so far (prompts and generated tokens).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Positions held in the KV cache.
+    pub fn cached_len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Forgets the whole conversation.
+    pub fn reset(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+    }
+
+    /// Encodes `prompt` (with the tokenizer's special tokens, such as BOS, only at the start of
+    /// the session) and starts generating after it.
+    pub fn generate(&mut self, prompt: &str, cfg: &GenerationConfig) -> Result<Generator<'_>> {
+        let add_special = self.tokens.is_empty();
+        let ids = self.model.tokenizer()?.encode(prompt, add_special)?;
+        self.generate_ids(&ids, cfg)
+    }
+
+    /// Appends `ids` to the sequence and starts generating after them.
+    pub fn generate_ids(&mut self, ids: &[u32], cfg: &GenerationConfig) -> Result<Generator<'_>> {
+        cfg.validate()?;
+        if ids.is_empty() && self.tokens.is_empty() {
+            return Err(Error::invalid_arg(
+                "prompt",
+                "the prompt encodes to no tokens and the session is empty: nothing to continue",
+            ));
+        }
+        self.model.check_ids(ids, self.tokens.len())?;
+        let before = self.tokens.len();
+        self.tokens.extend_from_slice(ids);
+        // The text decoder starts after a few tokens of context (see IncrementalDecoder).
+        let context_start = self.tokens.len().saturating_sub(4);
+        let t0 = Instant::now();
+        let logits = self
+            .run_pending()
+            .inspect_err(|_| self.tokens.truncate(before))?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let prompt_tokens = ids.len();
+        let decoder_context = self.tokens[context_start..].to_vec();
+        Generator::new(self, cfg, logits, decoder_context, prompt_tokens, prefill_s)
+    }
+
+    /// Appends `ids` to the sequence, runs them through the model (reusing the cache) and
+    /// returns the logits at the last position (`vocab_size` scores).
+    pub fn append(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::invalid_arg("ids", "no tokens to append"));
+        }
+        self.model.check_ids(ids, self.tokens.len())?;
+        let before = self.tokens.len();
+        self.tokens.extend_from_slice(ids);
+        self.run_pending()
+            .inspect_err(|_| self.tokens.truncate(before))
+    }
+
+    /// Runs the tokens not yet in the cache; returns the last position's logits.
+    pub(crate) fn run_pending(&mut self) -> Result<Vec<f32>> {
+        let done = self.cache.len();
+        if done == self.tokens.len() {
+            // Everything is cached: re-run the last token to get its logits again.
+            self.cache.truncate(done - 1);
+        }
+        let start = self.cache.len();
+        let pending = self.tokens[start..].to_vec();
+        self.model.feed(&pending, &mut self.cache).inspect_err(|_| {
+            self.cache.truncate(start);
+        })
+    }
+
+    pub(crate) fn push_token(&mut self, id: u32) {
+        self.tokens.push(id);
+    }
+}

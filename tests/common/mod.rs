@@ -1,0 +1,108 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What tools/make_fixtures.py recorded with transformers.
+#[derive(Debug, Deserialize)]
+pub struct Expected {
+    pub architecture: String,
+    pub stored_dtype: String,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_ids: Vec<u32>,
+    pub greedy_text: String,
+    pub paragraph: String,
+    pub nll_ids: Vec<u32>,
+    pub mean_nll: f64,
+    pub last_logits: Vec<f32>,
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture checkpoint (a folder with expected.json), sorted by name.
+pub fn fixtures() -> Vec<(String, PathBuf, Expected)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(fixtures_dir()).expect("tests/fixtures exists") {
+        let dir = entry.unwrap().path();
+        let exp = dir.join("expected.json");
+        if exp.is_file() {
+            let e: Expected =
+                serde_json::from_str(&std::fs::read_to_string(&exp).unwrap()).unwrap();
+            out.push((
+                dir.file_name().unwrap().to_string_lossy().into_owned(),
+                dir,
+                e,
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(
+        out.len() >= 5,
+        "expected the fixture checkpoints under tests/fixtures"
+    );
+    out
+}
+
+/// The devices the tests run on: every backend compiled in. wgpu is included only when an
+/// adapter exists (CI installs lavapipe); KILN_TEST_WGPU=0 leaves it out.
+pub fn devices() -> Vec<kiln::Device> {
+    let mut d = vec![kiln::Device::cpu()];
+    #[cfg(feature = "ndarray")]
+    d.push(kiln::Device::ndarray());
+    #[cfg(feature = "wgpu")]
+    if std::env::var("KILN_TEST_WGPU").as_deref() != Ok("0") {
+        d.push(kiln::Device::wgpu());
+    }
+    d
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A scratch folder, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "kiln-test-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// A copy of a fixture folder.
+    pub fn copy_of(src: &Path, tag: &str) -> Self {
+        let t = Self::new(tag);
+        for e in std::fs::read_dir(src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), t.0.join(e.file_name())).unwrap();
+        }
+        t
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Builds kiln's test fixtures with the reference implementation (Hugging Face transformers).
+
+Writes tiny, randomly initialised checkpoints of each supported architecture under
+tests/fixtures/<name>/ (config.json, model.safetensors, generation_config.json, tokenizer.json)
+plus expected.json with what transformers computes for them:
+
+- prompt_ids: the prompt encoded as transformers does by default (add_special_tokens=True)
+- greedy_ids: a 16-token greedy continuation, EOS ignored (argmax of a full recomputation each step)
+- greedy_text: tokenizer.decode(greedy_ids, skip_special_tokens=True)
+- nll_ids / mean_nll: a paragraph's ids and mean -log p(token_i | tokens_<i) over positions 1..N
+- last_logits: the logits at the prompt's last position
+
+References are computed in float32 from the stored weights (bf16 files are upcast), which is
+what kiln computes on CPU by default.
+
+Needs: pip install torch transformers safetensors. Run from the repository root:
+    python3 tools/make_fixtures.py [--out tests/fixtures] [--only NAME] [--seed-offset K]
+The tokenizers are cut-down copies of real ones in ../shared/tokenizers (see cut_vocab()), so the
+fixtures stay small while exercising SentencePiece byte fallback and GPT-2 byte-level BPE.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "tokenizers")
+
+PROMPT = "The quick brown fox, naïve café owner 🦀, said: \"Hello world!\""
+PARAGRAPH = (
+    "Once upon a time there was a little town by the sea. Every morning the fishermen went out "
+    "with their boats, and every evening they came back with stories of the waves. The children "
+    "listened, the old men nodded, and the lighthouse kept turning through the night."
+)
+
+
+def cut_vocab(src, keep_first, extra_chars):
+    """A smaller copy of a BPE tokenizer.json: the first `keep_first` ids, plus single-character
+    tokens in `extra_chars`, plus added tokens; ids renumbered in order; merges kept when both
+    parts and the result survive."""
+    t = json.load(open(src))
+    model = t["model"]
+    vocab = model["vocab"]
+    added = {a["content"] for a in t["added_tokens"]}
+    keep = {tok for tok, i in vocab.items() if i < keep_first or tok in extra_chars or tok in added}
+    ordered = sorted(keep, key=lambda tok: vocab[tok])
+    new_vocab = {tok: i for i, tok in enumerate(ordered)}
+    merges = []
+    for m in model["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        if a in new_vocab and b in new_vocab and (a + b) in new_vocab:
+            merges.append(m)
+    model["vocab"] = new_vocab
+    model["merges"] = merges
+    for a in t["added_tokens"]:
+        a["id"] = new_vocab[a["content"]]
+    pp = t.get("post_processor")
+    if pp and pp.get("type") == "TemplateProcessing":
+        for name, st in pp.get("special_tokens", {}).items():
+            st["ids"] = [new_vocab[name]]
+    return t
+
+
+def llama_tokenizer():
+    ascii_chars = {chr(c) for c in range(32, 127)} | {"\u2581"}
+    return cut_vocab(os.path.join(SHARED, "llama2-vocab", "tokenizer.json"), 1000, ascii_chars)
+
+
+def gpt2_tokenizer():
+    return cut_vocab(os.path.join(SHARED, "gpt2", "tokenizer.json"), 1000, set())
+
+
+def perturb(model, gen):
+    """transformers initialises norms to 1 and biases to 0; make them random too, so that
+    a loader that skipped them would be caught."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+SPECS = {
+    # Llama 3.1-style: GQA and llama3 RoPE scaling (original context short so that it matters).
+    "llama-f32": dict(
+        arch="llama", dtype=torch.float32, tok="llama", seed=1,
+        cfg=dict(rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
+                                      low_freq_factor=1.0, high_freq_factor=4.0,
+                                      original_max_position_embeddings=32)),
+    ),
+    # Llama 2-style stored in bf16, linear RoPE scaling, attention and MLP biases.
+    "llama-bf16": dict(
+        arch="llama", dtype=torch.bfloat16, tok="llama", seed=2,
+        cfg=dict(rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+                 attention_bias=True, mlp_bias=True),
+    ),
+    # Mistral with head_dim != hidden/heads (as Mistral Nemo), window larger than the tests.
+    "mistral-f32": dict(
+        arch="mistral", dtype=torch.float32, tok="llama", seed=3,
+        cfg=dict(head_dim=24, sliding_window=4096,
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+    ),
+    # Qwen2: q/k/v biases, tied embeddings, GPT-2 byte-level tokenizer without BOS.
+    "qwen2-f32": dict(
+        arch="qwen2", dtype=torch.float32, tok="gpt2", seed=4,
+        cfg=dict(tie_word_embeddings=True,
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+    ),
+    "qwen2-bf16": dict(
+        arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
+        cfg=dict(tie_word_embeddings=False,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
+}
+
+
+def build(name, spec, out_root, seed_offset):
+    out = os.path.join(out_root, name)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    tok_json = llama_tokenizer() if spec["tok"] == "llama" else gpt2_tokenizer()
+    tok_path = os.path.join(out, "tokenizer.json")
+    json.dump(tok_json, open(tok_path, "w"), ensure_ascii=False)
+    vocab = len(tok_json["model"]["vocab"])
+    if spec["tok"] == "llama":
+        bos, eos = 1, 2
+        tok = PreTrainedTokenizerFast(tokenizer_file=tok_path, bos_token="<s>", eos_token="</s>",
+                                      unk_token="<unk>")
+    else:
+        bos = eos = tok_json["model"]["vocab"]["<|endoftext|>"]
+        tok = PreTrainedTokenizerFast(tokenizer_file=tok_path, eos_token="<|endoftext|>")
+    tok.save_pretrained(out)  # tokenizer_config.json (+ rewritten tokenizer.json)
+
+    cfg_cls = transformers.AutoConfig.for_model
+    cfg = cfg_cls(spec["arch"], vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
+                  bos_token_id=bos, eos_token_id=eos, **spec["cfg"])
+    torch.manual_seed(1000 * seed_offset + spec["seed"])
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(spec["seed"])
+    perturb(model, gen)
+    model = model.to(spec["dtype"])
+    model.save_pretrained(out)
+
+    # Reference: reload as stored, compute in float32.
+    ref = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    prompt_ids = tok(PROMPT)["input_ids"]
+    with torch.no_grad():
+        ids = torch.tensor([prompt_ids])
+        last_logits = ref(ids).logits[0, -1].tolist()
+        greedy = []
+        for _ in range(16):
+            nxt = int(ref(ids).logits[0, -1].argmax())
+            greedy.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        nll_ids = tok(PARAGRAPH)["input_ids"]
+        t = torch.tensor([nll_ids])
+        logp = torch.log_softmax(ref(t).logits[0].float(), dim=-1)
+        nll = -logp[:-1].gather(1, t[0, 1:, None]).squeeze(1)
+    expected = dict(
+        reference=f"transformers {transformers.__version__}, torch {torch.__version__}, float32",
+        architecture=spec["arch"], stored_dtype=str(spec["dtype"]).replace("torch.", ""),
+        prompt=PROMPT, prompt_ids=prompt_ids, greedy_ids=greedy,
+        greedy_text=tok.decode(greedy, skip_special_tokens=True),
+        paragraph=PARAGRAPH, nll_ids=nll_ids, mean_nll=float(nll.mean()),
+        last_logits=[round(x, 6) for x in last_logits],
+    )
+    json.dump(expected, open(os.path.join(out, "expected.json"), "w"), ensure_ascii=False, indent=1)
+    open(os.path.join(out, "paragraph.txt"), "w").write(PARAGRAPH)
+    print(f"{name}: vocab {vocab}, prompt {len(prompt_ids)} ids, greedy {greedy[:6]}..., "
+          f"mean_nll {float(nll.mean()):.4f}", file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
+    ap.add_argument("--only", action="append")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="different weights, same shapes (for checking on unseen checkpoints)")
+    args = ap.parse_args()
+    for name, spec in SPECS.items():
+        if args.only and name not in args.only:
+            continue
+        build(name, spec, args.out, args.seed_offset)
+
+
+if __name__ == "__main__":
+    main()
