@@ -119,6 +119,7 @@ fn streamed_text_equals_one_shot_decode() {
     let cfg = GenerationConfig::default()
         .max_new_tokens(16)
         .ignore_eos(true);
+    let mut exact = 0;
     for (name, dir, exp) in fixtures() {
         let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
         let mut session = model.session();
@@ -135,15 +136,43 @@ fn streamed_text_equals_one_shot_decode() {
         let all: Vec<u32> = ctx.iter().chain(&ids).copied().collect();
         let whole = tok.decode(&all, true).unwrap();
         let head = tok.decode(ctx, true).unwrap();
-        assert_eq!(text, whole[head.len()..], "{name}: streamed text");
-        // And the reference's own decode of the continuation, up to the leading space that
+        let one_shot = &whole[head.len()..];
+        // The reference's own decode of the continuation, up to the leading space that
         // SentencePiece strips at the start of a decode.
-        assert_eq!(
-            text.trim_start(),
-            exp.greedy_text.trim_start(),
-            "{name}: vs transformers"
-        );
+        let reference = exp.greedy_text.trim_start();
+        if one_shot.contains('\u{FFFD}') {
+            // Random weights can emit byte tokens that never form valid UTF-8. A one-shot decode
+            // then turns the whole run of byte tokens into U+FFFD, one per byte, even the valid
+            // ASCII bytes before the bad one, which streaming has already released. After the
+            // last invalid byte the texts agree exactly.
+            let tail = |s: &str| s.rsplit('\u{FFFD}').next().unwrap_or("").to_string();
+            assert_eq!(
+                tail(&text),
+                tail(one_shot),
+                "{name}: text after the last invalid byte"
+            );
+        } else {
+            assert_eq!(text, one_shot, "{name}: streamed text");
+            assert_eq!(text.trim_start(), reference, "{name}: vs transformers");
+            exact += 1;
+        }
     }
+    // Random weights rarely produce valid text; the paragraph's ids do. Streamed one token at a
+    // time through the same decoder, they give exactly the one-shot decode and the paragraph.
+    for (name, dir, exp) in fixtures() {
+        let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
+        let tok = model.tokenizer().unwrap();
+        let mut dec = kiln::IncrementalDecoder::new(tok, &[], true).unwrap();
+        let mut text = String::new();
+        for &id in &exp.nll_ids {
+            text.push_str(&dec.push(tok, id).unwrap());
+        }
+        text.push_str(&dec.flush(tok).unwrap());
+        assert_eq!(text, tok.decode(&exp.nll_ids, true).unwrap(), "{name}");
+        assert_eq!(text, exp.paragraph, "{name}");
+        exact += 1;
+    }
+    assert!(exact >= 5, "only {exact} exact comparisons");
 }
 
 /// A second generate on the same session continues from its cache: the same as generating

@@ -121,12 +121,17 @@ SPECS = {
 }
 
 
-def build(name, spec, out_root, seed_offset):
+def build(name, spec, out_root, seed_offset, full_vocab=False):
     out = os.path.join(out_root, name)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
-    tok_json = llama_tokenizer() if spec["tok"] == "llama" else gpt2_tokenizer()
+    if full_vocab:
+        src = "llama2-vocab" if spec["tok"] == "llama" else "gpt2"
+        tok_json = json.load(open(os.path.join(SHARED, src, "tokenizer.json")))
+        tok_json["truncation"] = None
+    else:
+        tok_json = llama_tokenizer() if spec["tok"] == "llama" else gpt2_tokenizer()
     tok_path = os.path.join(out, "tokenizer.json")
     json.dump(tok_json, open(tok_path, "w"), ensure_ascii=False)
     vocab = len(tok_json["model"]["vocab"])
@@ -186,11 +191,13 @@ def main():
     ap.add_argument("--only", action="append")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="different weights, same shapes (for checking on unseen checkpoints)")
+    ap.add_argument("--full-vocab", action="store_true",
+                    help="use the real tokenizers (32k/50k vocabularies): larger, not for committing")
     args = ap.parse_args()
     for name, spec in SPECS.items():
         if args.only and name not in args.only:
             continue
-        build(name, spec, args.out, args.seed_offset)
+        build(name, spec, args.out, args.seed_offset, args.full_vocab)
 
 
 if __name__ == "__main__":
