@@ -24,15 +24,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    common::init_logging();
-    let args: Args = match common::parse() {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => common::fail(e),
-    }
+    common::main(run)
 }
 
 fn run(args: Args) -> kiln::Result<()> {

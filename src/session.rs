@@ -98,7 +98,10 @@ impl Session {
         let done = self.cache.len();
         if done == self.tokens.len() {
             if done == 0 {
-                return Err(Error::invalid_arg("ids", "nothing to run: the session is empty"));
+                return Err(Error::invalid_arg(
+                    "ids",
+                    "nothing to run: the session is empty",
+                ));
             }
             // Everything is cached: re-run the last token to get its logits again.
             self.cache.truncate(done - 1);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{devices, fixtures, max_abs_diff};
+use common::{devices, first_model, fixtures, gen_ids, max_abs_diff};
 use kiln::{GenerationConfig, Model};
 
 fn for_each_model(mut check: impl FnMut(&str, &Model, &common::Expected)) {
@@ -51,11 +51,7 @@ fn greedy_continuation_matches_transformers() {
         .ignore_eos(true);
     for_each_model(|name, model, exp| {
         let mut session = model.session();
-        let ids: Vec<u32> = session
-            .generate_ids(&exp.prompt_ids, &cfg)
-            .unwrap()
-            .map(|t| t.unwrap().id)
-            .collect();
+        let ids: Vec<u32> = gen_ids(&mut session, &exp.prompt_ids, &cfg);
         assert_eq!(ids, exp.greedy_ids, "{name}: greedy ids");
     });
 }
@@ -179,23 +175,14 @@ fn streamed_text_equals_one_shot_decode() {
 /// from the concatenated ids in a fresh session.
 #[test]
 fn second_generate_continues_the_session() {
-    let (_, dir, exp) = fixtures().into_iter().next().unwrap();
-    let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
+    let (model, exp) = first_model();
     let cfg = GenerationConfig::default()
         .max_new_tokens(5)
         .ignore_eos(true);
     let mut s = model.session();
-    let first: Vec<u32> = s
-        .generate_ids(&exp.prompt_ids, &cfg)
-        .unwrap()
-        .map(|t| t.unwrap().id)
-        .collect();
+    let first: Vec<u32> = gen_ids(&mut s, &exp.prompt_ids, &cfg);
     let more = [100u32, 200];
-    let second: Vec<u32> = s
-        .generate_ids(&more, &cfg)
-        .unwrap()
-        .map(|t| t.unwrap().id)
-        .collect();
+    let second: Vec<u32> = gen_ids(&mut s, &more, &cfg);
     let mut fresh = model.session();
     let ids: Vec<u32> = exp
         .prompt_ids
@@ -204,11 +191,7 @@ fn second_generate_continues_the_session() {
         .chain(&more)
         .copied()
         .collect();
-    let expect: Vec<u32> = fresh
-        .generate_ids(&ids, &cfg)
-        .unwrap()
-        .map(|t| t.unwrap().id)
-        .collect();
+    let expect: Vec<u32> = gen_ids(&mut fresh, &ids, &cfg);
     assert_eq!(first, exp.greedy_ids[..5]);
     assert_eq!(second, expect);
 }
@@ -218,8 +201,7 @@ fn second_generate_continues_the_session() {
 fn model_is_shared_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Model>();
-    let (_, dir, exp) = fixtures().into_iter().next().unwrap();
-    let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
+    let (model, exp) = first_model();
     let exp = std::sync::Arc::new(exp);
     let handles: Vec<_> = (0..2)
         .map(|_| {
@@ -230,11 +212,7 @@ fn model_is_shared_across_threads() {
                     .max_new_tokens(16)
                     .ignore_eos(true);
                 let mut s = model.session();
-                let ids: Vec<u32> = s
-                    .generate_ids(&exp.prompt_ids, &cfg)
-                    .unwrap()
-                    .map(|t| t.unwrap().id)
-                    .collect();
+                let ids: Vec<u32> = gen_ids(&mut s, &exp.prompt_ids, &cfg);
                 ids
             })
         })
@@ -247,8 +225,7 @@ fn model_is_shared_across_threads() {
 /// Sampling with a seed is reproducible, respects top-k, and stops at EOS when not ignored.
 #[test]
 fn sampling_is_seeded_and_filtered() {
-    let (_, dir, exp) = fixtures().into_iter().next().unwrap();
-    let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
+    let (model, exp) = first_model();
     let run = |seed| {
         let cfg = GenerationConfig::default()
             .max_new_tokens(12)
@@ -257,10 +234,7 @@ fn sampling_is_seeded_and_filtered() {
             .seed(seed)
             .ignore_eos(true);
         let mut s = model.session();
-        s.generate_ids(&exp.prompt_ids, &cfg)
-            .unwrap()
-            .map(|t| t.unwrap().id)
-            .collect::<Vec<_>>()
+        gen_ids(&mut s, &exp.prompt_ids, &cfg)
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
@@ -271,18 +245,13 @@ fn sampling_is_seeded_and_filtered() {
         .top_k(1)
         .ignore_eos(true);
     let mut s = model.session();
-    let ids: Vec<u32> = s
-        .generate_ids(&exp.prompt_ids, &cfg)
-        .unwrap()
-        .map(|t| t.unwrap().id)
-        .collect();
+    let ids: Vec<u32> = gen_ids(&mut s, &exp.prompt_ids, &cfg);
     assert_eq!(ids, exp.greedy_ids);
 }
 
 #[test]
 fn stop_string_ends_generation_and_is_cut() {
-    let (_, dir, exp) = fixtures().into_iter().next().unwrap();
-    let model = Model::load(&dir, &kiln::Device::cpu()).unwrap();
+    let (model, exp) = first_model();
     let cfg = GenerationConfig::default()
         .max_new_tokens(16)
         .ignore_eos(true);

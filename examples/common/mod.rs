@@ -102,6 +102,19 @@ pub fn parse<T: Parser>() -> Result<T, ExitCode> {
     }
 }
 
+/// An example's `main`: logging to stderr, arguments parsed (a bad command line is one error
+/// line and status 1), then `run`; its error is printed as one line with status 1.
+pub fn main<T: Parser>(run: impl FnOnce(T) -> kiln::Result<()>) -> ExitCode {
+    init_logging();
+    match parse::<T>() {
+        Ok(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Err(code) => code,
+    }
+}
+
 /// Prints an error as one line and returns status 1.
 pub fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");

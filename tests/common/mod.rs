@@ -106,3 +106,18 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The first fixture checkpoint on the default CPU device, with its expectations.
+pub fn first_model() -> (kiln::Model, Expected) {
+    let (_, dir, exp) = fixtures().into_iter().next().unwrap();
+    (kiln::Model::load(&dir, &kiln::Device::cpu()).unwrap(), exp)
+}
+
+/// Generates after `ids` and returns the generated ids.
+pub fn gen_ids(session: &mut kiln::Session, ids: &[u32], cfg: &kiln::GenerationConfig) -> Vec<u32> {
+    session
+        .generate_ids(ids, cfg)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect()
+}
