@@ -107,6 +107,11 @@ SPECS = {
         cfg=dict(head_dim=24, sliding_window=4096,
                  rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
     ),
+    # The same stored in f16.
+    "mistral-f16": dict(
+        arch="mistral", dtype=torch.float16, tok="llama", seed=6,
+        cfg=dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
     # Qwen2: q/k/v biases, tied embeddings, GPT-2 byte-level tokenizer without BOS.
     "qwen2-f32": dict(
         arch="qwen2", dtype=torch.float32, tok="gpt2", seed=4,
