@@ -274,3 +274,35 @@ fn stop_string_ends_generation_and_is_cut() {
     assert_eq!(text, expected);
     assert_eq!(g.finish_reason(), Some(kiln::FinishReason::Stop));
 }
+
+/// Decoding one token at a time far past a short sliding window (the rolling cache drops old
+/// positions a block at a time) scores the text exactly as transformers does.
+#[test]
+fn sliding_window_decode_past_the_roll() {
+    let (_, dir, exp) = fixtures()
+        .into_iter()
+        .find(|f| f.0 == "mistral-window-f32")
+        .unwrap();
+    assert!(
+        exp.nll_ids.len() > 256 + 8 + 100,
+        "the text must outrun a roll"
+    );
+    for device in devices() {
+        let model = Model::load(&dir, &device).unwrap();
+        let mut session = model.session();
+        let mut nll = 0f64;
+        for w in exp.nll_ids.windows(2) {
+            let logits = session.append(&w[..1]).unwrap();
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+            nll += (lse - logits[w[1] as usize]) as f64;
+        }
+        let mean = nll / (exp.nll_ids.len() - 1) as f64;
+        assert!(
+            (mean - exp.mean_nll).abs() < 1e-3,
+            "{}: {mean} vs {}",
+            device.name(),
+            exp.mean_nll
+        );
+    }
+}

@@ -118,6 +118,26 @@ SPECS = {
         cfg=dict(tie_word_embeddings=True,
                  rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
     ),
+    # Mistral whose sliding window (8) is far shorter than the prompt, the continuation and the
+    # scored text (~650 tokens: chunked prefill, and the rolling cache drops old positions).
+    "mistral-window-f32": dict(
+        arch="mistral", dtype=torch.float32, tok="llama", seed=7, long_text=True,
+        cfg=dict(sliding_window=8, max_position_embeddings=1024,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
+    # Qwen3: per-head q/k RMSNorm, head_dim (32) != hidden / heads (16).
+    "qwen3-f32": dict(
+        arch="qwen3", dtype=torch.float32, tok="gpt2", seed=8,
+        cfg=dict(head_dim=32, tie_word_embeddings=True,
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0)),
+    ),
+    # Qwen3 with a sliding window on layer 1 only (layer_types), stored in bf16.
+    "qwen3-bf16": dict(
+        arch="qwen3", dtype=torch.bfloat16, tok="gpt2", seed=9,
+        cfg=dict(use_sliding_window=True, sliding_window=16, max_window_layers=1,
+                 tie_word_embeddings=False,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -150,10 +170,12 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
     tok.save_pretrained(out)  # tokenizer_config.json (+ rewritten tokenizer.json)
 
     cfg_cls = transformers.AutoConfig.for_model
-    cfg = cfg_cls(spec["arch"], vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
-                  bos_token_id=bos, eos_token_id=eos, **spec["cfg"])
+    base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
+                bos_token_id=bos, eos_token_id=eos)
+    base.update(spec["cfg"])
+    cfg = cfg_cls(spec["arch"], **base)
     torch.manual_seed(1000 * seed_offset + spec["seed"])
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     gen = torch.Generator().manual_seed(spec["seed"])
@@ -172,7 +194,8 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
             nxt = int(ref(ids).logits[0, -1].argmax())
             greedy.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-        nll_ids = tok(PARAGRAPH)["input_ids"]
+        paragraph = " ".join([PARAGRAPH] * 6) if spec.get("long_text") else PARAGRAPH
+        nll_ids = tok(paragraph)["input_ids"]
         t = torch.tensor([nll_ids])
         logp = torch.log_softmax(ref(t).logits[0].float(), dim=-1)
         nll = -logp[:-1].gather(1, t[0, 1:, None]).squeeze(1)
@@ -181,11 +204,11 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
         architecture=spec["arch"], stored_dtype=str(spec["dtype"]).replace("torch.", ""),
         prompt=PROMPT, prompt_ids=prompt_ids, greedy_ids=greedy,
         greedy_text=tok.decode(greedy, skip_special_tokens=True),
-        paragraph=PARAGRAPH, nll_ids=nll_ids, mean_nll=float(nll.mean()),
+        paragraph=paragraph, nll_ids=nll_ids, mean_nll=float(nll.mean()),
         last_logits=[round(x, 6) for x in last_logits],
     )
     json.dump(expected, open(os.path.join(out, "expected.json"), "w"), ensure_ascii=False, indent=1)
-    open(os.path.join(out, "paragraph.txt"), "w").write(PARAGRAPH)
+    open(os.path.join(out, "paragraph.txt"), "w").write(paragraph)
     print(f"{name}: vocab {vocab}, prompt {len(prompt_ids)} ids, greedy {greedy[:6]}..., "
           f"mean_nll {float(nll.mean()):.4f}", file=sys.stderr)
 

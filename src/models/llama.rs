@@ -1,8 +1,11 @@
-//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral (full attention) and Qwen2.
+//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2 and Qwen3.
 //!
 //! Config → decoder layer (attention + gated MLP, pre-RMSNorm, residuals) → model. What differs
-//! between the three lives in [`LlamaConfig::from_json`]: Qwen2 always has q/k/v biases, Llama
-//! may have `attention_bias`/`mlp_bias`, and each has its own defaults.
+//! between them lives in [`LlamaConfig::from_json`]: Qwen2 always has q/k/v biases; Llama and
+//! Qwen3 may have `attention_bias`/`mlp_bias`; Qwen3 normalises each q/k head
+//! (`q_norm`/`k_norm`); Mistral's `sliding_window` applies to every layer, Qwen2/Qwen3's to the
+//! layers `layer_types` (or `use_sliding_window` + `max_window_layers`) marks; each has its own
+//! defaults.
 //!
 //! Checkpoint names (no renaming or permutation needed):
 //!
@@ -11,6 +14,7 @@
 //! | `model.embed_tokens.weight` | `[vocab, hidden]` |
 //! | `model.layers.{i}.input_layernorm.weight` | `[hidden]` |
 //! | `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight` (+ `.bias`) | `[out, in]` |
+//! | `model.layers.{i}.self_attn.{q,k}_norm.weight` (Qwen3) | `[head_dim]` |
 //! | `model.layers.{i}.post_attention_layernorm.weight` | `[hidden]` |
 //! | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[out, in]` |
 //! | `model.norm.weight` | `[hidden]` |
@@ -65,6 +69,14 @@ struct RawConfig {
     bos_token_id: Option<OneOrMany>,
     #[serde(default)]
     eos_token_id: Option<OneOrMany>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    max_window_layers: Option<usize>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
 }
 
 /// The resolved runtime configuration.
@@ -80,8 +92,12 @@ pub struct LlamaConfig {
     pub intermediate_size: usize,
     /// Decoder layers.
     pub num_layers: usize,
-    /// Attention settings shared by all layers.
+    /// Attention settings shared by all layers (`window` unset: see `layer_windows`).
     pub attention: AttentionConfig,
+    /// Per-head RMSNorm of queries and keys (Qwen3).
+    pub qk_norm: bool,
+    /// Each layer's sliding window (`None`: full attention).
+    pub layer_windows: Vec<Option<usize>>,
     /// MLP activation.
     pub act: Activation,
     /// Bias in the MLP projections.
@@ -153,8 +169,17 @@ impl LlamaConfig {
         let (default_ctx, qkv_bias_forced) = match model_type {
             "mistral" => (131072, false),
             "qwen2" => (32768, true),
+            "qwen3" => (32768, false),
             _ => (2048, false),
         };
+        let layers = raw.num_hidden_layers;
+        let layer_windows = layer_windows(&raw, model_type).map_err(bad)?;
+        if layer_windows.len() != layers {
+            return Err(bad(format!(
+                "layer_types has {} entries for {layers} layers",
+                layer_windows.len()
+            )));
+        }
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let rope_params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         let rope_theta = rope_params
@@ -185,13 +210,12 @@ impl LlamaConfig {
             intermediate_size: raw.intermediate_size,
             num_layers: raw.num_hidden_layers,
             attention: AttentionConfig {
-                hidden: raw.hidden_size,
-                heads,
-                kv_heads,
-                head_dim,
                 qkv_bias: qkv_bias_forced || attention_bias,
                 o_bias: attention_bias && !qkv_bias_forced,
+                ..AttentionConfig::new(raw.hidden_size, heads, kv_heads, head_dim)
             },
+            qk_norm: model_type == "qwen3",
+            layer_windows,
             act,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             max_position_embeddings,
@@ -203,6 +227,42 @@ impl LlamaConfig {
             eos_token_ids: raw.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
         })
     }
+}
+
+/// Which layers use a sliding window, and how wide.
+fn layer_windows(
+    raw: &RawConfig,
+    model_type: &str,
+) -> std::result::Result<Vec<Option<usize>>, String> {
+    let n = raw.num_hidden_layers;
+    let window = match (model_type, raw.sliding_window) {
+        (_, Some(0)) => return Err("`sliding_window` must be positive".into()),
+        ("qwen2" | "qwen3", w) if raw.use_sliding_window != Some(true) => {
+            let _ = w;
+            None
+        }
+        (_, w) => w,
+    };
+    let Some(w) = window else {
+        return Ok(vec![None; n]);
+    };
+    if let Some(types) = &raw.layer_types {
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                "full_attention" => Ok(None),
+                "sliding_attention" => Ok(Some(w)),
+                other => Err(format!("unknown layer type {other:?} in `layer_types`")),
+            })
+            .collect();
+    }
+    Ok(match model_type {
+        "qwen2" | "qwen3" => {
+            let from = raw.max_window_layers.unwrap_or(28);
+            (0..n).map(|i| (i >= from).then_some(w)).collect()
+        }
+        _ => vec![Some(w); n],
+    })
 }
 
 fn parse_rope_scaling(
@@ -298,12 +358,18 @@ impl Llama {
                     cfg.rms_norm_eps,
                     device,
                 )?,
-                self_attn: Attention::load(
-                    store,
-                    &format!("{p}.self_attn"),
-                    cfg.attention.clone(),
-                    device,
-                )?,
+                self_attn: {
+                    let attn_cfg = AttentionConfig {
+                        window: cfg.layer_windows[i],
+                        ..cfg.attention.clone()
+                    };
+                    let a = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
+                    if cfg.qk_norm {
+                        a.with_qk_norm(store, &format!("{p}.self_attn"), cfg.rms_norm_eps, device)?
+                    } else {
+                        a
+                    }
+                },
                 post_attention_layernorm: RmsNorm::load(
                     store,
                     &format!("{p}.post_attention_layernorm"),

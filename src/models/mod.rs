@@ -46,7 +46,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
 }
 
 /// The `model_type` values kiln implements.
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2"];
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
 pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<dyn CausalLm>> {
@@ -65,7 +65,7 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
         })
         .ok_or_else(|| Error::config(&path, "neither `model_type` nor `architectures` is set"))?;
     match model_type.as_str() {
-        "llama" | "mistral" | "qwen2" => {
+        "llama" | "mistral" | "qwen2" | "qwen3" => {
             let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
             Ok(Box::new(llama::Llama::load(cfg, store, device)?))
         }

@@ -1,13 +1,17 @@
-//! Multi-head attention with grouped key/value heads (GQA), rotary positions and a KV cache.
+//! Multi-head attention with grouped key/value heads (GQA), rotary positions, a KV cache,
+//! optional per-head q/k normalisation, sliding windows and score soft-capping.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use burn::tensor::{activation, Tensor, TensorData};
 
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
-use crate::nn::{LayerCache, Linear, RotaryEmbedding};
+use crate::nn::{LayerCache, Linear, RmsNorm, RotaryEmbedding};
 
-/// Shape and bias settings of one attention block.
+/// Shape and options of one attention block.
 #[derive(Debug, Clone)]
 pub struct AttentionConfig {
     /// Model width.
@@ -22,33 +26,62 @@ pub struct AttentionConfig {
     pub qkv_bias: bool,
     /// Bias on the output projection.
     pub o_bias: bool,
+    /// Multiplier of `q·k` (usually `1/sqrt(head_dim)`).
+    pub scale: f64,
+    /// Each query sees only the last `window` positions (itself included).
+    pub window: Option<usize>,
+    /// Scores become `cap·tanh(score/cap)` before the mask (Gemma 2).
+    pub softcap: Option<f64>,
 }
 
-/// Self-attention with projections named `q_proj`, `k_proj`, `v_proj`, `o_proj`.
+impl AttentionConfig {
+    /// Plain causal attention with the usual `1/sqrt(head_dim)` scale.
+    pub fn new(hidden: usize, heads: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            qkv_bias: false,
+            o_bias: false,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            window: None,
+            softcap: None,
+        }
+    }
+}
+
+/// Self-attention with projections named `q_proj`, `k_proj`, `v_proj`, `o_proj` (and, when the
+/// model has them, `q_norm`/`k_norm` applied to each head before RoPE).
 #[derive(Debug, Clone)]
 pub struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     cfg: AttentionConfig,
 }
 
-/// Positions the current chunk attends to, shared by all layers of one forward pass.
-#[derive(Debug, Clone)]
+/// What every layer of one forward pass shares: positions, rotary tables, and the masks built
+/// so far (layers with the same window and cache start share one).
+#[derive(Debug)]
 pub struct AttentionContext {
     /// Position of the chunk's first token.
     pub start: usize,
+    /// Tokens in the chunk.
+    pub seq: usize,
     /// `cos` table, `[1, 1, seq, head_dim]`.
     pub cos: Tensor<4>,
     /// `sin` table, `[1, 1, seq, head_dim]`.
     pub sin: Tensor<4>,
-    /// Additive causal mask `[1, 1, group·seq, start + seq]`, `None` for a single token.
-    pub mask: Option<Tensor<4>>,
+    group: usize,
+    device: Device,
+    masks: RefCell<HashMap<(usize, Option<usize>), Option<Tensor<4>>>>,
 }
 
 impl AttentionContext {
-    /// Builds the rotary tables and causal mask for tokens `start..start+seq`.
+    /// Builds the rotary tables for tokens `start..start+seq`; `group` is heads per kv head.
     pub fn new(
         rope: &RotaryEmbedding,
         start: usize,
@@ -57,31 +90,72 @@ impl AttentionContext {
         device: &Device,
     ) -> Self {
         let (cos, sin) = rope.tables(start, seq, device);
-        let mask = (seq > 1).then(|| causal_mask(start, seq, group, device));
         Self {
             start,
+            seq,
             cos,
             sin,
-            mask,
+            group,
+            device: device.clone(),
+            masks: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The additive mask for keys at absolute positions `first..start+seq`, or `None` when every
+    /// query sees every key.
+    ///
+    /// # Shapes
+    /// `[1, 1, group·seq, total]`: row `g·seq + i` is query position `start + i`
+    pub fn mask(&self, first: usize, window: Option<usize>) -> Option<Tensor<4>> {
+        self.masks
+            .borrow_mut()
+            .entry((first, window))
+            .or_insert_with(|| {
+                build_mask(
+                    self.start,
+                    self.seq,
+                    first,
+                    window,
+                    self.group,
+                    &self.device,
+                )
+            })
+            .clone()
     }
 }
 
-/// Additive mask for `group` query heads stacked along the sequence axis: row `g·seq + i` is
-/// query position `start + i`, which may see key positions `0..=start + i`.
-fn causal_mask(start: usize, seq: usize, group: usize, device: &Device) -> Tensor<4> {
-    let total = start + seq;
-    let mut m = vec![0f32; group * seq * total];
-    for g in 0..group {
-        for i in 0..seq {
-            let row = &mut m[(g * seq + i) * total..(g * seq + i + 1) * total];
-            row[start + i + 1..].fill(f32::NEG_INFINITY);
+fn build_mask(
+    start: usize,
+    seq: usize,
+    first: usize,
+    window: Option<usize>,
+    group: usize,
+    device: &Device,
+) -> Option<Tensor<4>> {
+    let total = start + seq - first;
+    let visible = |q: usize, k: usize| k <= q && window.is_none_or(|w| q - k < w);
+    let all_visible = seq == 1 && visible(start, first);
+    if all_visible {
+        return None;
+    }
+    let mut row = vec![0f32; seq * total];
+    for i in 0..seq {
+        for j in 0..total {
+            if !visible(start + i, first + j) {
+                row[i * total + j] = f32::NEG_INFINITY;
+            }
         }
     }
-    Tensor::from_data(
+    let m: Vec<f32> = row
+        .iter()
+        .copied()
+        .cycle()
+        .take(group * seq * total)
+        .collect();
+    Some(Tensor::from_data(
         TensorData::new(m, [1, 1, group * seq, total]),
         device.burn(),
-    )
+    ))
 }
 
 impl Attention {
@@ -94,41 +168,36 @@ impl Attention {
     ) -> Result<Self> {
         let q = cfg.heads * cfg.head_dim;
         let kv = cfg.kv_heads * cfg.head_dim;
+        let (h, qb) = (cfg.hidden, cfg.qkv_bias);
         Ok(Self {
-            q_proj: Linear::load(
-                store,
-                &format!("{prefix}.q_proj"),
-                cfg.hidden,
-                q,
-                cfg.qkv_bias,
-                device,
-            )?,
-            k_proj: Linear::load(
-                store,
-                &format!("{prefix}.k_proj"),
-                cfg.hidden,
-                kv,
-                cfg.qkv_bias,
-                device,
-            )?,
-            v_proj: Linear::load(
-                store,
-                &format!("{prefix}.v_proj"),
-                cfg.hidden,
-                kv,
-                cfg.qkv_bias,
-                device,
-            )?,
-            o_proj: Linear::load(
-                store,
-                &format!("{prefix}.o_proj"),
-                q,
-                cfg.hidden,
-                cfg.o_bias,
-                device,
-            )?,
+            q_proj: Linear::load(store, &format!("{prefix}.q_proj"), h, q, qb, device)?,
+            k_proj: Linear::load(store, &format!("{prefix}.k_proj"), h, kv, qb, device)?,
+            v_proj: Linear::load(store, &format!("{prefix}.v_proj"), h, kv, qb, device)?,
+            o_proj: Linear::load(store, &format!("{prefix}.o_proj"), q, h, cfg.o_bias, device)?,
+            qk_norm: None,
             cfg,
         })
+    }
+
+    /// Adds per-head RMSNorms `{prefix}.q_norm` and `{prefix}.k_norm` (`[head_dim]`).
+    pub fn with_qk_norm(
+        mut self,
+        store: &mut WeightStore,
+        prefix: &str,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let d = self.cfg.head_dim;
+        self.qk_norm = Some((
+            RmsNorm::load(store, &format!("{prefix}.q_norm"), d, eps, device)?,
+            RmsNorm::load(store, &format!("{prefix}.k_norm"), d, eps, device)?,
+        ));
+        Ok(self)
+    }
+
+    /// This block's options.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.cfg
     }
 
     /// # Shapes
@@ -149,30 +218,73 @@ impl Attention {
             ..
         } = self.cfg;
         let group = heads / kv_heads;
-        let split = |t: Tensor<3>, h: usize| t.reshape([b, seq, h, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), heads);
-        let k = split(self.k_proj.forward(x.clone()), kv_heads);
-        let v = split(self.v_proj.forward(x), kv_heads);
-        let q = rope.apply(q, &ctx.cos, &ctx.sin);
-        let k = rope.apply(k, &ctx.cos, &ctx.sin);
-        let (k, v) = cache.append(k, v, max_len);
-        let total = k.dims()[2];
+        let split = |t: Tensor<3>, h: usize| t.reshape([b, seq, h, head_dim]);
+        let mut q = split(self.q_proj.forward(x.clone()), heads);
+        let mut k = split(self.k_proj.forward(x.clone()), kv_heads);
+        let v = split(self.v_proj.forward(x), kv_heads).swap_dims(1, 2);
+        if let Some((qn, kn)) = &self.qk_norm {
+            q = qn.forward(q);
+            k = kn.forward(k);
+        }
+        let q = rope.apply(q.swap_dims(1, 2), &ctx.cos, &ctx.sin);
+        let k = rope.apply(k.swap_dims(1, 2), &ctx.cos, &ctx.sin);
+        let kv = cache.append(k, v, max_len, self.cfg.window);
+        let total = kv.k.dims()[2];
 
         // Query head h uses kv head h / group: stacking each group's queries along the sequence
         // axis lets every kv head serve its group in one matmul, without copying K or V.
         let q = q.reshape([b, kv_heads, group * seq, head_dim]);
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-        if let Some(mask) = &ctx.mask {
-            scores = scores + mask.clone();
+        let mut scores = q.matmul(kv.k.swap_dims(2, 3)).mul_scalar(self.cfg.scale);
+        if let Some(cap) = self.cfg.softcap {
+            scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
+        }
+        if let Some(mask) = ctx.mask(kv.first, self.cfg.window) {
+            scores = scores + mask;
         }
         debug_assert_eq!(scores.dims(), [b, kv_heads, group * seq, total]);
         let probs = activation::softmax(scores, 3);
         let out = probs
-            .matmul(v)
+            .matmul(kv.v)
             .reshape([b, heads, seq, head_dim])
             .swap_dims(1, 2)
             .reshape([b, seq, heads * head_dim]);
         self.o_proj.forward(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(m: Option<Tensor<4>>) -> Vec<Vec<bool>> {
+        let m = m.expect("a mask");
+        let [_, _, r, c] = m.dims();
+        let v = m.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        (0..r)
+            .map(|i| (0..c).map(|j| v[i * c + j] == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_mask_at_an_offset() {
+        let d = Device::cpu();
+        // Queries at 2,3 over keys 0..4.
+        let m = rows(build_mask(2, 2, 0, None, 1, &d));
+        assert_eq!(
+            m,
+            vec![vec![true, true, true, false], vec![true, true, true, true]]
+        );
+        assert!(build_mask(5, 1, 0, None, 2, &d).is_none());
+    }
+
+    #[test]
+    fn sliding_window_mask() {
+        let d = Device::cpu();
+        // Window 2: query 3 sees keys 2 and 3 only; keys start at absolute 1.
+        let m = rows(build_mask(2, 2, 1, Some(2), 1, &d));
+        assert_eq!(m, vec![vec![true, true, false], vec![false, true, true]]);
+        // A single query whose window covers the cache needs no mask.
+        assert!(build_mask(3, 1, 2, Some(2), 1, &d).is_none());
+        assert!(build_mask(3, 1, 1, Some(2), 1, &d).is_some());
     }
 }

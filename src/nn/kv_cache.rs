@@ -1,12 +1,14 @@
-//! Key/value cache, allocated in blocks and written in place.
+//! Key/value cache, allocated in blocks and written in place; rolling for sliding-window layers.
 //!
 //! Each layer keeps one `[batch, kv_heads, capacity, head_dim]` buffer for keys and one for
-//! values. New positions are written into the buffer with `slice_assign`; when it is full it
-//! grows by whole blocks (never one token at a time), so decoding does not reallocate per token.
+//! values, holding absolute positions `start..len`. New positions are written into the buffer
+//! with `slice_assign`; when it is full it grows by whole blocks (never one token at a time).
+//! A sliding-window layer drops the positions no future query can see, a block at a time, so
+//! its buffer stays near the window's size however long the sequence grows.
 
 use burn::tensor::Tensor;
 
-/// Positions added per growth step.
+/// Positions added per growth step (and dropped per roll of a sliding-window cache).
 pub const BLOCK: usize = 256;
 
 /// One layer's keys and values.
@@ -14,11 +16,25 @@ pub const BLOCK: usize = 256;
 pub struct LayerCache {
     k: Option<Tensor<4>>,
     v: Option<Tensor<4>>,
+    /// Absolute position of buffer slot 0.
+    start: usize,
+    /// Absolute position after the last cached one.
     len: usize,
 }
 
+/// Keys and values visible to a chunk of queries.
+#[derive(Debug, Clone)]
+pub struct CachedKv {
+    /// `[batch, kv_heads, total, head_dim]`
+    pub k: Tensor<4>,
+    /// `[batch, kv_heads, total, head_dim]`
+    pub v: Tensor<4>,
+    /// Absolute position of `k[.., 0, ..]`.
+    pub first: usize,
+}
+
 impl LayerCache {
-    /// Cached positions.
+    /// Positions seen so far (absolute).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -28,32 +44,37 @@ impl LayerCache {
         self.len == 0
     }
 
-    /// Appends `k`/`v` and returns views of every cached position.
+    /// Appends `k`/`v` and returns every position still held. With `window = Some(w)`, positions
+    /// that no query from here on can see (more than `w - 1` before the chunk) may be dropped.
     ///
     /// # Shapes
-    /// `k, v: [batch, kv_heads, new, head_dim]` → two `[batch, kv_heads, len + new, head_dim]`
-    pub fn append(&mut self, k: Tensor<4>, v: Tensor<4>, max_len: usize) -> (Tensor<4>, Tensor<4>) {
+    /// `k, v: [batch, kv_heads, new, head_dim]` → [`CachedKv`] with `total` positions
+    pub fn append(
+        &mut self,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        max_len: usize,
+        window: Option<usize>,
+    ) -> CachedKv {
         let [b, h, new, d] = k.dims();
-        let end = self.len + new;
+        if let Some(w) = window {
+            let keep_from = self.len.saturating_sub(w.saturating_sub(1));
+            if keep_from >= self.start + BLOCK {
+                self.roll(keep_from, [b, h, d]);
+            }
+        }
+        let held = self.len - self.start;
+        let end = held + new;
         let capacity = self.k.as_ref().map_or(0, |t| t.dims()[2]);
         if end > capacity {
-            let grown = end.div_ceil(BLOCK) * BLOCK;
-            let grown = grown.min(max_len.max(end));
-            let device = k.device();
-            let grow = |old: Option<Tensor<4>>| {
-                let fresh = Tensor::<4>::zeros([b, h, grown, d], (&device, k.dtype()));
-                match old {
-                    Some(old) if self.len > 0 => {
-                        let kept = old.slice([0..b, 0..h, 0..self.len, 0..d]);
-                        fresh.slice_assign([0..b, 0..h, 0..self.len, 0..d], kept)
-                    }
-                    _ => fresh,
-                }
+            let bound = match window {
+                Some(w) => w + BLOCK + new,
+                None => max_len,
             };
-            self.k = Some(grow(self.k.take()));
-            self.v = Some(grow(self.v.take()));
+            let grown = (end.div_ceil(BLOCK) * BLOCK).min(bound.max(end));
+            self.reallocate(grown, held, 0, [b, h, d], &k);
         }
-        let range = [0..b, 0..h, self.len..end, 0..d];
+        let range = [0..b, 0..h, held..end, 0..d];
         let kc = self
             .k
             .take()
@@ -64,17 +85,61 @@ impl LayerCache {
             .take()
             .expect("allocated above")
             .slice_assign(range, v);
-        self.len = end;
+        self.len += new;
         let view = [0..b, 0..h, 0..end, 0..d];
-        let out = (kc.clone().slice(view.clone()), vc.clone().slice(view));
+        let out = CachedKv {
+            k: kc.clone().slice(view.clone()),
+            v: vc.clone().slice(view),
+            first: self.start,
+        };
         self.k = Some(kc);
         self.v = Some(vc);
         out
     }
 
-    /// Forgets positions from `len` on (the buffer is kept).
+    /// Moves positions `keep_from..len` to the front of the buffer.
+    fn roll(&mut self, keep_from: usize, [b, h, d]: [usize; 3]) {
+        let Some(k) = self.k.as_ref() else { return };
+        let capacity = k.dims()[2];
+        let template = k.clone();
+        let kept = self.len - keep_from;
+        self.reallocate(capacity, kept, keep_from - self.start, [b, h, d], &template);
+        self.start = keep_from;
+    }
+
+    /// New buffers of `capacity` slots holding `count` old slots from `from` on.
+    fn reallocate(
+        &mut self,
+        capacity: usize,
+        count: usize,
+        from: usize,
+        [b, h, d]: [usize; 3],
+        like: &Tensor<4>,
+    ) {
+        let device = like.device();
+        let dtype = like.dtype();
+        let copy = |old: Option<Tensor<4>>| {
+            let fresh = Tensor::<4>::zeros([b, h, capacity, d], (&device, dtype));
+            match old {
+                Some(old) if count > 0 => {
+                    let kept = old.slice([0..b, 0..h, from..from + count, 0..d]);
+                    fresh.slice_assign([0..b, 0..h, 0..count, 0..d], kept)
+                }
+                _ => fresh,
+            }
+        };
+        self.k = Some(copy(self.k.take()));
+        self.v = Some(copy(self.v.take()));
+    }
+
+    /// Forgets positions from `len` on (the buffer is kept). Going back past what a rolling
+    /// cache has dropped empties it.
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        if len < self.start {
+            *self = Self::default();
+        } else {
+            self.len = self.len.min(len);
+        }
     }
 }
 
@@ -121,6 +186,8 @@ impl KvCache {
 
     /// Forgets everything.
     pub fn clear(&mut self) {
-        self.truncate(0);
+        self.layers
+            .iter_mut()
+            .for_each(|l| *l = LayerCache::default());
     }
 }

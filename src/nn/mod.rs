@@ -15,7 +15,7 @@ pub mod rope;
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
 pub use embedding::Embedding;
-pub use kv_cache::{KvCache, LayerCache};
+pub use kv_cache::{CachedKv, KvCache, LayerCache};
 pub use linear::Linear;
 pub use mlp::GatedMlp;
 pub use norm::RmsNorm;

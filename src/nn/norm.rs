@@ -28,11 +28,13 @@ impl RmsNorm {
         })
     }
 
+    /// Normalises over the last axis.
+    ///
     /// # Shapes
-    /// `x: [batch, seq, dim]` → same
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let var = x.clone().square().mean_dim(2);
+    /// `x: [..., dim]` → same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let var = x.clone().square().mean_dim(D - 1);
         let inv = var.add_scalar(self.eps).sqrt().recip();
-        x * inv * self.weight.clone().unsqueeze::<3>()
+        x * inv * self.weight.clone().unsqueeze::<D>()
     }
 }
