@@ -29,6 +29,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
+use crate::models::config as cfg;
 use crate::models::{CausalLm, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
@@ -126,44 +127,22 @@ impl LlamaConfig {
             source,
         })?;
         let bad = |m: String| Error::config(path, m);
-        let positive = |name: &str, v: usize| {
-            if v == 0 {
-                Err(bad(format!("`{name}` must be positive")))
-            } else {
-                Ok(v)
-            }
-        };
-        positive("vocab_size", raw.vocab_size)?;
-        positive("hidden_size", raw.hidden_size)?;
-        positive("intermediate_size", raw.intermediate_size)?;
-        positive("num_hidden_layers", raw.num_hidden_layers)?;
-        let heads = positive("num_attention_heads", raw.num_attention_heads)?;
-        let kv_heads = positive(
-            "num_key_value_heads",
-            raw.num_key_value_heads.unwrap_or(heads),
-        )?;
-        if heads % kv_heads != 0 {
-            return Err(bad(format!(
-                "num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})"
-            )));
+        for (name, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+        ] {
+            cfg::positive(name, v).map_err(bad)?;
         }
-        let head_dim = match raw.head_dim {
-            Some(d) => positive("head_dim", d)?,
-            None => {
-                if raw.hidden_size % heads != 0 {
-                    return Err(bad(format!(
-                        "hidden_size ({}) is not divisible by num_attention_heads ({heads}) and no head_dim is given",
-                        raw.hidden_size
-                    )));
-                }
-                raw.hidden_size / heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(bad(format!(
-                "head_dim ({head_dim}) must be even for rotary embeddings"
-            )));
-        }
+        let (heads, kv_heads, head_dim) = cfg::head_shape(
+            raw.hidden_size,
+            raw.num_attention_heads,
+            raw.num_key_value_heads,
+            raw.head_dim,
+            true,
+        )
+        .map_err(bad)?;
         let act = Activation::from_hf(raw.hidden_act.as_deref().unwrap_or("silu"))
             .map_err(|e| bad(e.to_string()))?;
         let (default_ctx, qkv_bias_forced) = match model_type {
@@ -172,37 +151,18 @@ impl LlamaConfig {
             "qwen3" => (32768, false),
             _ => (2048, false),
         };
-        let layers = raw.num_hidden_layers;
         let layer_windows = layer_windows(&raw, model_type).map_err(bad)?;
-        if layer_windows.len() != layers {
-            return Err(bad(format!(
-                "layer_types has {} entries for {layers} layers",
-                layer_windows.len()
-            )));
-        }
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let rope_params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(|v| v.as_f64())
-            .or(raw.rope_theta)
-            .unwrap_or(10000.0);
-        if !(rope_theta.is_finite() && rope_theta > 1.0) {
-            return Err(bad(format!(
-                "rope_theta ({rope_theta}) must be a finite number > 1"
-            )));
-        }
-        let max_position_embeddings = positive(
+        let (rope_theta, rope_scaling) =
+            cfg::rope(rope_params, raw.rope_theta, 10000.0).map_err(bad)?;
+        let max_position_embeddings = cfg::positive(
             "max_position_embeddings",
             raw.max_position_embeddings.unwrap_or(default_ctx),
-        )?;
-        let rope_scaling = parse_rope_scaling(rope_params).map_err(bad)?;
-        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
-        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(bad(format!(
-                "rms_norm_eps ({rms_norm_eps}) must be a finite non-negative number"
-            )));
-        }
+        )
+        .map_err(bad)?;
+        let rms_norm_eps =
+            cfg::epsilon("rms_norm_eps", raw.rms_norm_eps.unwrap_or(1e-6)).map_err(bad)?;
         Ok(Self {
             model_type: model_type.to_string(),
             vocab_size: raw.vocab_size,
@@ -235,85 +195,25 @@ fn layer_windows(
     model_type: &str,
 ) -> std::result::Result<Vec<Option<usize>>, String> {
     let n = raw.num_hidden_layers;
-    let window = match (model_type, raw.sliding_window) {
-        (_, Some(0)) => return Err("`sliding_window` must be positive".into()),
-        ("qwen2" | "qwen3", w) if raw.use_sliding_window != Some(true) => {
-            let _ = w;
-            None
-        }
-        (_, w) => w,
+    let qwen = matches!(model_type, "qwen2" | "qwen3");
+    let window = match raw.sliding_window {
+        Some(0) => return Err("`sliding_window` must be positive".into()),
+        // Qwen configs carry a window even when `use_sliding_window` is off.
+        _ if qwen && raw.use_sliding_window != Some(true) => None,
+        w => w,
     };
     let Some(w) = window else {
         return Ok(vec![None; n]);
     };
     if let Some(types) = &raw.layer_types {
-        return types
-            .iter()
-            .map(|t| match t.as_str() {
-                "full_attention" => Ok(None),
-                "sliding_attention" => Ok(Some(w)),
-                other => Err(format!("unknown layer type {other:?} in `layer_types`")),
-            })
-            .collect();
+        return cfg::windows_from_layer_types(types, Some(w), n);
     }
-    Ok(match model_type {
-        "qwen2" | "qwen3" => {
-            let from = raw.max_window_layers.unwrap_or(28);
-            (0..n).map(|i| (i >= from).then_some(w)).collect()
-        }
-        _ => vec![Some(w); n],
+    Ok(if qwen {
+        let from = raw.max_window_layers.unwrap_or(28);
+        (0..n).map(|i| (i >= from).then_some(w)).collect()
+    } else {
+        vec![Some(w); n]
     })
-}
-
-fn parse_rope_scaling(
-    params: Option<&serde_json::Value>,
-) -> std::result::Result<RopeScaling, String> {
-    let Some(p) = params.filter(|p| !p.is_null()) else {
-        return Ok(RopeScaling::Default);
-    };
-    let kind = p
-        .get("rope_type")
-        .or_else(|| p.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    let num = |key: &str| -> std::result::Result<f64, String> {
-        p.get(key)
-            .and_then(|v| v.as_f64())
-            .ok_or_else(|| format!("rope scaling `{kind}` needs a numeric `{key}`"))
-    };
-    match kind {
-        "default" => Ok(RopeScaling::Default),
-        "linear" => {
-            let factor = num("factor")?;
-            if factor <= 0.0 {
-                return Err(format!("rope scaling factor ({factor}) must be positive"));
-            }
-            Ok(RopeScaling::Linear { factor })
-        }
-        "llama3" => {
-            let s = RopeScaling::Llama3 {
-                factor: num("factor")?,
-                low_freq_factor: num("low_freq_factor")?,
-                high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")?,
-            };
-            if let RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                ..
-            } = s
-            {
-                if factor <= 0.0 || low_freq_factor <= 0.0 || high_freq_factor <= low_freq_factor {
-                    return Err("llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0".into());
-                }
-            }
-            Ok(s)
-        }
-        other => Err(format!(
-            "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
-        )),
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! One file per architecture family; the dispatch from `config.json` to the right one.
 
+pub mod config;
 pub mod llama;
 
 use std::path::Path;

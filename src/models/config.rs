@@ -1,0 +1,152 @@
+//! Checks and conversions every architecture's config shares: positive sizes, head shapes,
+//! RoPE parameters (old `rope_theta` + `rope_scaling`, or transformers 5's `rope_parameters`),
+//! per-layer sliding windows. Each returns a message naming the `config.json` field at fault.
+
+use crate::nn::RopeScaling;
+
+/// A message about the config, to be wrapped in [`crate::Error::Config`].
+pub type Msg = String;
+
+/// `v` if positive.
+pub fn positive(name: &str, v: usize) -> Result<usize, Msg> {
+    if v == 0 {
+        Err(format!("`{name}` must be positive"))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Resolves `(heads, kv_heads, head_dim)`: kv heads default to heads and must divide them;
+/// head_dim defaults to hidden / heads and must be even (for RoPE) when `rotary`.
+pub fn head_shape(
+    hidden: usize,
+    heads: usize,
+    kv_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rotary: bool,
+) -> Result<(usize, usize, usize), Msg> {
+    let heads = positive("num_attention_heads", heads)?;
+    let kv_heads = positive("num_key_value_heads", kv_heads.unwrap_or(heads))?;
+    if heads % kv_heads != 0 {
+        return Err(format!(
+            "num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})"
+        ));
+    }
+    let head_dim = match head_dim {
+        Some(d) => positive("head_dim", d)?,
+        None if hidden % heads != 0 => {
+            return Err(format!(
+                "hidden_size ({hidden}) is not divisible by num_attention_heads ({heads}) and no head_dim is given"
+            ))
+        }
+        None => hidden / heads,
+    };
+    if rotary && head_dim % 2 != 0 {
+        return Err(format!(
+            "head_dim ({head_dim}) must be even for rotary embeddings"
+        ));
+    }
+    Ok((heads, kv_heads, head_dim))
+}
+
+/// A finite, positive epsilon.
+pub fn epsilon(name: &str, v: f64) -> Result<f64, Msg> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "`{name}` ({v}) must be a finite non-negative number"
+        ))
+    }
+}
+
+/// The RoPE base and scaling from one parameter object (`rope_parameters`, a per-layer-type
+/// entry of it, or the older `rope_scaling`), falling back to `top_theta` then `default_theta`.
+pub fn rope(
+    params: Option<&serde_json::Value>,
+    top_theta: Option<f64>,
+    default_theta: f64,
+) -> Result<(f64, RopeScaling), Msg> {
+    let params = params.filter(|p| !p.is_null());
+    let theta = params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(|v| v.as_f64())
+        .or(top_theta)
+        .unwrap_or(default_theta);
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(format!("rope_theta ({theta}) must be a finite number > 1"));
+    }
+    Ok((theta, rope_scaling(params)?))
+}
+
+fn rope_scaling(params: Option<&serde_json::Value>) -> Result<RopeScaling, Msg> {
+    let Some(p) = params else {
+        return Ok(RopeScaling::Default);
+    };
+    let kind = p
+        .get("rope_type")
+        .or_else(|| p.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64, Msg> {
+        p.get(key)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("rope scaling `{kind}` needs a numeric `{key}`"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::Default),
+        "linear" => {
+            let factor = num("factor")?;
+            if factor <= 0.0 {
+                return Err(format!("rope scaling factor ({factor}) must be positive"));
+            }
+            Ok(RopeScaling::Linear { factor })
+        }
+        "llama3" => {
+            let (factor, low, high) = (
+                num("factor")?,
+                num("low_freq_factor")?,
+                num("high_freq_factor")?,
+            );
+            if factor <= 0.0 || low <= 0.0 || high <= low {
+                return Err(
+                    "llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0".into(),
+                );
+            }
+            Ok(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            })
+        }
+        other => Err(format!(
+            "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+        )),
+    }
+}
+
+/// Per-layer windows from `layer_types` (`full_attention` / `sliding_attention`).
+pub fn windows_from_layer_types(
+    types: &[String],
+    window: Option<usize>,
+    layers: usize,
+) -> Result<Vec<Option<usize>>, Msg> {
+    if types.len() != layers {
+        return Err(format!(
+            "`layer_types` has {} entries for {layers} layers",
+            types.len()
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match (t.as_str(), window) {
+            ("full_attention", _) => Ok(None),
+            ("sliding_attention", Some(w)) => Ok(Some(positive("sliding_window", w)?)),
+            ("sliding_attention", None) => {
+                Err("`layer_types` has sliding layers but `sliding_window` is not set".into())
+            }
+            (other, _) => Err(format!("unknown layer type {other:?} in `layer_types`")),
+        })
+        .collect()
+}
