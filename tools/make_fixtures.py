@@ -138,6 +138,28 @@ SPECS = {
                  tie_word_embeddings=False,
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     ),
+    # Gemma: (1 + w) norms, sqrt(hidden) embedding scale, GeGLU (tanh), tied head.
+    "gemma-f32": dict(
+        arch="gemma", dtype=torch.float32, tok="llama", seed=10,
+        cfg=dict(head_dim=16, rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
+    # Gemma 2: soft-capping (small caps, so that they bite), sliding/global layers with a window
+    # shorter than the prompt, extra norms, query_pre_attn_scalar != head_dim; bf16 file.
+    "gemma2-bf16": dict(
+        arch="gemma2", dtype=torch.bfloat16, tok="llama", seed=11,
+        cfg=dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=24,
+                 attn_logit_softcapping=2.0, final_logit_softcapping=5.0,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
+    ),
+    # Gemma 3: q/k norms, local and global RoPE (linear scaling on global layers).
+    "gemma3-f32": dict(
+        arch="gemma3_text", dtype=torch.float32, tok="llama", seed=12,
+        cfg=dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=16,
+                 layer_types=["sliding_attention", "full_attention"],
+                 rope_parameters={
+                     "full_attention": dict(rope_type="linear", factor=2.0, rope_theta=1000000.0),
+                     "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
+    ),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,

@@ -265,7 +265,13 @@ impl Llama {
                     };
                     let a = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
                     if cfg.qk_norm {
-                        a.with_qk_norm(store, &format!("{p}.self_attn"), cfg.rms_norm_eps, device)?
+                        a.with_qk_norm(
+                            store,
+                            &format!("{p}.self_attn"),
+                            cfg.rms_norm_eps,
+                            0.0,
+                            device,
+                        )?
                     } else {
                         a
                     }

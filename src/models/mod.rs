@@ -1,6 +1,7 @@
 //! One file per architecture family; the dispatch from `config.json` to the right one.
 
 pub mod config;
+pub mod gemma;
 pub mod llama;
 
 use std::path::Path;
@@ -47,7 +48,15 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
 }
 
 /// The `model_type` values kiln implements.
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
 pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<dyn CausalLm>> {
@@ -69,6 +78,15 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
         "llama" | "mistral" | "qwen2" | "qwen3" => {
             let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
             Ok(Box::new(llama::Llama::load(cfg, store, device)?))
+        }
+        "gemma" | "gemma2" | "gemma3_text" => {
+            let version = match model_type.as_str() {
+                "gemma" => gemma::Version::V1,
+                "gemma2" => gemma::Version::V2,
+                _ => gemma::Version::V3,
+            };
+            let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
+            Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
         }
         other => Err(Error::UnsupportedArchitecture {
             path,

@@ -179,19 +179,21 @@ impl Attention {
         })
     }
 
-    /// Adds per-head RMSNorms `{prefix}.q_norm` and `{prefix}.k_norm` (`[head_dim]`).
+    /// Adds per-head RMSNorms `{prefix}.q_norm` and `{prefix}.k_norm` (`[head_dim]`), scaling
+    /// by `offset + weight` (see [`RmsNorm::load_with_offset`]).
     pub fn with_qk_norm(
         mut self,
         store: &mut WeightStore,
         prefix: &str,
         eps: f64,
+        offset: f32,
         device: &Device,
     ) -> Result<Self> {
         let d = self.cfg.head_dim;
-        self.qk_norm = Some((
-            RmsNorm::load(store, &format!("{prefix}.q_norm"), d, eps, device)?,
-            RmsNorm::load(store, &format!("{prefix}.k_norm"), d, eps, device)?,
-        ));
+        let norm = |store: &mut WeightStore, name: &str| {
+            RmsNorm::load_with_offset(store, &format!("{prefix}.{name}"), d, eps, offset, device)
+        };
+        self.qk_norm = Some((norm(store, "q_norm")?, norm(store, "k_norm")?));
         Ok(self)
     }
 

@@ -1,6 +1,6 @@
 //! Normalisation layers.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 
 use crate::device::Device;
 use crate::error::Result;
@@ -22,8 +22,23 @@ impl RmsNorm {
         eps: f64,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_offset(store, prefix, dim, eps, 0.0, device)
+    }
+
+    /// Loads `{prefix}.weight` and scales by `offset + weight` (Gemma stores `w` and
+    /// multiplies by `1 + w`).
+    pub fn load_with_offset(
+        store: &mut WeightStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        offset: f32,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut w = store.read_f32(&format!("{prefix}.weight"), &[dim])?;
+        w.iter_mut().for_each(|x| *x += offset);
         Ok(Self {
-            weight: store.take(&format!("{prefix}.weight"), [dim], device)?,
+            weight: Tensor::from_data(TensorData::new(w, [dim]), device.burn()),
             eps,
         })
     }
