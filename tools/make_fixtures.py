@@ -160,6 +160,20 @@ SPECS = {
                      "full_attention": dict(rope_type="linear", factor=2.0, rope_theta=1000000.0),
                      "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
     ),
+    # Phi-3: fused qkv_proj / gate_up_proj, LongRoPE. The original context (64) is longer than
+    # prompt + continuation (short factors) and shorter than the scored paragraph (long factors).
+    "phi3-f32": dict(
+        arch="phi3", dtype=torch.float32, tok="llama", seed=13,
+        cfg=dict(original_max_position_embeddings=64, max_position_embeddings=512, pad_token_id=0,
+                 rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                                      short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+                                      long_factor=[1.2, 1.9, 2.7, 3.9, 5.3, 7.1, 9.4, 12.0]))),
+    # Phi-4-mini style: a partial rotary factor (half of each head rotates), sliding window.
+    "phi3-bf16": dict(
+        arch="phi3", dtype=torch.bfloat16, tok="llama", seed=14,
+        cfg=dict(sliding_window=16, partial_rotary_factor=0.5, pad_token_id=0,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                      partial_rotary_factor=0.5))),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,

@@ -60,12 +60,22 @@ pub fn epsilon(name: &str, v: f64) -> Result<f64, Msg> {
     }
 }
 
+/// What RoPE scaling needs from the rest of `config.json`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RopeContext {
+    /// `max_position_embeddings`.
+    pub max_position_embeddings: usize,
+    /// Top-level `original_max_position_embeddings` (Phi-3 keeps it there).
+    pub original_max_position_embeddings: Option<usize>,
+}
+
 /// The RoPE base and scaling from one parameter object (`rope_parameters`, a per-layer-type
 /// entry of it, or the older `rope_scaling`), falling back to `top_theta` then `default_theta`.
 pub fn rope(
     params: Option<&serde_json::Value>,
     top_theta: Option<f64>,
     default_theta: f64,
+    ctx: RopeContext,
 ) -> Result<(f64, RopeScaling), Msg> {
     let params = params.filter(|p| !p.is_null());
     let theta = params
@@ -76,10 +86,36 @@ pub fn rope(
     if !(theta.is_finite() && theta > 1.0) {
         return Err(format!("rope_theta ({theta}) must be a finite number > 1"));
     }
-    Ok((theta, rope_scaling(params)?))
+    Ok((theta, rope_scaling(params, ctx)?))
 }
 
-fn rope_scaling(params: Option<&serde_json::Value>) -> Result<RopeScaling, Msg> {
+/// The fraction of each head that rotates (`partial_rotary_factor`, in the RoPE parameters or
+/// at the top level), as a feature count.
+pub fn rotary_dim(
+    head_dim: usize,
+    params: Option<&serde_json::Value>,
+    top: Option<f64>,
+) -> Result<usize, Msg> {
+    let factor = params
+        .and_then(|p| p.get("partial_rotary_factor"))
+        .and_then(|v| v.as_f64())
+        .or(top)
+        .unwrap_or(1.0);
+    if !(factor > 0.0 && factor <= 1.0) {
+        return Err(format!(
+            "partial_rotary_factor ({factor}) must be in (0, 1]"
+        ));
+    }
+    let dim = (head_dim as f64 * factor) as usize;
+    if dim == 0 || dim % 2 != 0 {
+        return Err(format!(
+            "partial_rotary_factor {factor} of head_dim {head_dim} gives {dim} rotary features; it must be even and positive"
+        ));
+    }
+    Ok(dim)
+}
+
+fn rope_scaling(params: Option<&serde_json::Value>, ctx: RopeContext) -> Result<RopeScaling, Msg> {
     let Some(p) = params else {
         return Ok(RopeScaling::Default);
     };
@@ -120,8 +156,38 @@ fn rope_scaling(params: Option<&serde_json::Value>) -> Result<RopeScaling, Msg> 
                 original_max_position_embeddings: num("original_max_position_embeddings")?,
             })
         }
+        "longrope" | "su" => {
+            let list = |key: &str| -> Result<Vec<f64>, Msg> {
+                p.get(key)
+                    .and_then(|v| v.as_array())
+                    .and_then(|a| a.iter().map(|x| x.as_f64()).collect::<Option<Vec<f64>>>())
+                    .ok_or_else(|| format!("rope scaling `{kind}` needs a list of numbers `{key}`"))
+            };
+            let original = p
+                .get("original_max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .or(ctx.original_max_position_embeddings)
+                .ok_or("longrope needs `original_max_position_embeddings`")?;
+            let original = positive("original_max_position_embeddings", original)?;
+            let factor = p
+                .get("factor")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(ctx.max_position_embeddings as f64 / original as f64);
+            let attention_factor = match p.get("attention_factor").and_then(|v| v.as_f64()) {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            Ok(RopeScaling::LongRope {
+                short_factor: list("short_factor")?,
+                long_factor: list("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor,
+            })
+        }
         other => Err(format!(
-            "rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+            "rope scaling type {other:?} is not supported (supported: default, linear, llama3, longrope)"
         )),
     }
 }

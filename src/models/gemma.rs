@@ -207,6 +207,15 @@ impl GemmaConfig {
                 cfg::windows_from_layer_types(&types, window, n).map_err(bad)?
             }
         };
+        let max_position_embeddings = cfg::positive(
+            "max_position_embeddings",
+            raw.max_position_embeddings.unwrap_or(8192),
+        )
+        .map_err(bad)?;
+        let rope_ctx = cfg::RopeContext {
+            max_position_embeddings,
+            original_max_position_embeddings: None,
+        };
         // RoPE: one parameter set, or (Gemma 3) one per layer type.
         let params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
         let per_type = params.is_some_and(|p| {
@@ -219,16 +228,24 @@ impl GemmaConfig {
         let ((g_theta, g_scaling), (l_theta, l_scaling)) = if per_type {
             let p = params.expect("checked above");
             (
-                cfg::rope(p.get("full_attention"), raw.rope_theta, global_default).map_err(bad)?,
+                cfg::rope(
+                    p.get("full_attention"),
+                    raw.rope_theta,
+                    global_default,
+                    rope_ctx,
+                )
+                .map_err(bad)?,
                 cfg::rope(
                     p.get("sliding_attention"),
                     raw.rope_local_base_freq,
                     local_default,
+                    rope_ctx,
                 )
                 .map_err(bad)?,
             )
         } else {
-            let global = cfg::rope(params, raw.rope_theta, global_default).map_err(bad)?;
+            let global =
+                cfg::rope(params, raw.rope_theta, global_default, rope_ctx).map_err(bad)?;
             let local = match version {
                 Version::V3 => (
                     raw.rope_local_base_freq.unwrap_or(local_default),
@@ -267,11 +284,7 @@ impl GemmaConfig {
             },
             layer_windows,
             act,
-            max_position_embeddings: cfg::positive(
-                "max_position_embeddings",
-                raw.max_position_embeddings.unwrap_or(8192),
-            )
-            .map_err(bad)?,
+            max_position_embeddings,
             rms_norm_eps: cfg::epsilon("rms_norm_eps", raw.rms_norm_eps.unwrap_or(1e-6))
                 .map_err(bad)?,
             rope_global: RotaryEmbedding::new(head_dim, g_theta, &g_scaling)?,

@@ -1,11 +1,12 @@
-//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2 and Qwen3.
+//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2, Qwen3 and Phi-3.
 //!
 //! Config → decoder layer (attention + gated MLP, pre-RMSNorm, residuals) → model. What differs
 //! between them lives in [`LlamaConfig::from_json`]: Qwen2 always has q/k/v biases; Llama and
 //! Qwen3 may have `attention_bias`/`mlp_bias`; Qwen3 normalises each q/k head
 //! (`q_norm`/`k_norm`); Mistral's `sliding_window` applies to every layer, Qwen2/Qwen3's to the
-//! layers `layer_types` (or `use_sliding_window` + `max_window_layers`) marks; each has its own
-//! defaults.
+//! layers `layer_types` (or `use_sliding_window` + `max_window_layers`) marks; Phi-3 fuses
+//! q/k/v into `qkv_proj` and gate/up into `gate_up_proj` (split into the Llama layers at load)
+//! and uses LongRoPE; each has its own defaults.
 //!
 //! Checkpoint names (no renaming or permutation needed):
 //!
@@ -19,6 +20,8 @@
 //! | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[out, in]` |
 //! | `model.norm.weight` | `[hidden]` |
 //! | `lm_head.weight` (absent when tied) | `[vocab, hidden]` |
+//! | Phi-3: `model.layers.{i}.self_attn.qkv_proj.weight` | `[(heads + 2·kv_heads)·head_dim, hidden]`, rows q, k, v |
+//! | Phi-3: `model.layers.{i}.mlp.gate_up_proj.weight` | `[2·intermediate, hidden]`, rows gate, up |
 
 use std::path::Path;
 
@@ -78,6 +81,10 @@ struct RawConfig {
     max_window_layers: Option<usize>,
     #[serde(default)]
     layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
 }
 
 /// The resolved runtime configuration.
@@ -97,6 +104,10 @@ pub struct LlamaConfig {
     pub attention: AttentionConfig,
     /// Per-head RMSNorm of queries and keys (Qwen3).
     pub qk_norm: bool,
+    /// Fused `qkv_proj` / `gate_up_proj` weights (Phi-3).
+    pub fused: bool,
+    /// Features of each head that rotate (`partial_rotary_factor`).
+    pub rotary_dim: usize,
     /// Each layer's sliding window (`None`: full attention).
     pub layer_windows: Vec<Option<usize>>,
     /// MLP activation.
@@ -149,20 +160,28 @@ impl LlamaConfig {
             "mistral" => (131072, false),
             "qwen2" => (32768, true),
             "qwen3" => (32768, false),
+            "phi3" => (4096, false),
             _ => (2048, false),
         };
         let layer_windows = layer_windows(&raw, model_type).map_err(bad)?;
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let rope_params = raw.rope_parameters.as_ref().or(raw.rope_scaling.as_ref());
-        let (rope_theta, rope_scaling) =
-            cfg::rope(rope_params, raw.rope_theta, 10000.0).map_err(bad)?;
         let max_position_embeddings = cfg::positive(
             "max_position_embeddings",
             raw.max_position_embeddings.unwrap_or(default_ctx),
         )
         .map_err(bad)?;
+        let rope_ctx = cfg::RopeContext {
+            max_position_embeddings,
+            original_max_position_embeddings: raw.original_max_position_embeddings,
+        };
+        let (rope_theta, rope_scaling) =
+            cfg::rope(rope_params, raw.rope_theta, 10000.0, rope_ctx).map_err(bad)?;
+        let rotary_dim =
+            cfg::rotary_dim(head_dim, rope_params, raw.partial_rotary_factor).map_err(bad)?;
+        let default_eps = if model_type == "phi3" { 1e-5 } else { 1e-6 };
         let rms_norm_eps =
-            cfg::epsilon("rms_norm_eps", raw.rms_norm_eps.unwrap_or(1e-6)).map_err(bad)?;
+            cfg::epsilon("rms_norm_eps", raw.rms_norm_eps.unwrap_or(default_eps)).map_err(bad)?;
         Ok(Self {
             model_type: model_type.to_string(),
             vocab_size: raw.vocab_size,
@@ -175,6 +194,8 @@ impl LlamaConfig {
                 ..AttentionConfig::new(raw.hidden_size, heads, kv_heads, head_dim)
             },
             qk_norm: model_type == "qwen3",
+            fused: model_type == "phi3",
+            rotary_dim,
             layer_windows,
             act,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
@@ -247,51 +268,46 @@ impl Llama {
             h,
             device,
         )?;
+        let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
+            let attn_cfg = AttentionConfig {
+                window: cfg.layer_windows[i],
+                ..cfg.attention.clone()
+            };
+            let (self_attn, mlp) = if cfg.fused {
+                load_fused(store, &p, &cfg, attn_cfg, device)?
+            } else {
+                let mlp_prefix = format!("{p}.mlp");
+                let (inter, bias) = (cfg.intermediate_size, cfg.mlp_bias);
+                (
+                    Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?,
+                    GatedMlp::load(store, &mlp_prefix, h, inter, bias, cfg.act, device)?,
+                )
+            };
+            let self_attn = if cfg.qk_norm {
+                self_attn.with_qk_norm(store, &format!("{p}.self_attn"), eps, 0.0, device)?
+            } else {
+                self_attn
+            };
             layers.push(DecoderLayer {
                 input_layernorm: RmsNorm::load(
                     store,
                     &format!("{p}.input_layernorm"),
                     h,
-                    cfg.rms_norm_eps,
+                    eps,
                     device,
                 )?,
-                self_attn: {
-                    let attn_cfg = AttentionConfig {
-                        window: cfg.layer_windows[i],
-                        ..cfg.attention.clone()
-                    };
-                    let a = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
-                    if cfg.qk_norm {
-                        a.with_qk_norm(
-                            store,
-                            &format!("{p}.self_attn"),
-                            cfg.rms_norm_eps,
-                            0.0,
-                            device,
-                        )?
-                    } else {
-                        a
-                    }
-                },
+                self_attn,
                 post_attention_layernorm: RmsNorm::load(
                     store,
                     &format!("{p}.post_attention_layernorm"),
                     h,
-                    cfg.rms_norm_eps,
+                    eps,
                     device,
                 )?,
-                mlp: GatedMlp::load(
-                    store,
-                    &format!("{p}.mlp"),
-                    h,
-                    cfg.intermediate_size,
-                    cfg.mlp_bias,
-                    cfg.act,
-                    device,
-                )?,
+                mlp,
             });
         }
         let norm = RmsNorm::load(store, "model.norm", h, cfg.rms_norm_eps, device)?;
@@ -302,7 +318,12 @@ impl Llama {
         } else {
             Linear::load(store, "lm_head", h, cfg.vocab_size, false, device)?
         };
-        let rope = RotaryEmbedding::new(cfg.attention.head_dim, cfg.rope_theta, &cfg.rope_scaling)?;
+        let rope = RotaryEmbedding::partial(
+            cfg.attention.head_dim,
+            cfg.rotary_dim,
+            cfg.rope_theta,
+            &cfg.rope_scaling,
+        )?;
         Ok(Self {
             cfg,
             embed_tokens,
@@ -318,6 +339,57 @@ impl Llama {
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
+}
+
+/// Phi-3's fused projections, split into the Llama layers.
+fn load_fused(
+    store: &mut WeightStore,
+    p: &str,
+    cfg: &LlamaConfig,
+    attn_cfg: AttentionConfig,
+    device: &Device,
+) -> Result<(Attention, GatedMlp)> {
+    let h = cfg.hidden_size;
+    let (q, kv) = (
+        attn_cfg.heads * attn_cfg.head_dim,
+        attn_cfg.kv_heads * attn_cfg.head_dim,
+    );
+    let mut qkv = Linear::load_split(
+        store,
+        &format!("{p}.self_attn.qkv_proj"),
+        h,
+        &[q, kv, kv],
+        device,
+    )?
+    .into_iter();
+    let o = Linear::load(store, &format!("{p}.self_attn.o_proj"), q, h, false, device)?;
+    let (Some(q_proj), Some(k_proj), Some(v_proj)) = (qkv.next(), qkv.next(), qkv.next()) else {
+        unreachable!("three parts requested");
+    };
+    let inter = cfg.intermediate_size;
+    let mut gate_up = Linear::load_split(
+        store,
+        &format!("{p}.mlp.gate_up_proj"),
+        h,
+        &[inter, inter],
+        device,
+    )?
+    .into_iter();
+    let down = Linear::load(
+        store,
+        &format!("{p}.mlp.down_proj"),
+        inter,
+        h,
+        false,
+        device,
+    )?;
+    let (Some(gate), Some(up)) = (gate_up.next(), gate_up.next()) else {
+        unreachable!("two parts requested");
+    };
+    Ok((
+        Attention::from_parts(q_proj, k_proj, v_proj, o, attn_cfg),
+        GatedMlp::from_parts(gate, up, down, cfg.act),
+    ))
 }
 
 impl CausalLm for Llama {

@@ -53,6 +53,7 @@ pub const SUPPORTED: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "phi3",
     "gemma",
     "gemma2",
     "gemma3_text",
@@ -75,7 +76,7 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
         })
         .ok_or_else(|| Error::config(&path, "neither `model_type` nor `architectures` is set"))?;
     match model_type.as_str() {
-        "llama" | "mistral" | "qwen2" | "qwen3" => {
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => {
             let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
             Ok(Box::new(llama::Llama::load(cfg, store, device)?))
         }

@@ -179,6 +179,24 @@ impl Attention {
         })
     }
 
+    /// Builds the block from loaded projections (e.g. split from a fused `qkv_proj`).
+    pub fn from_parts(
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+        o_proj: Linear,
+        cfg: AttentionConfig,
+    ) -> Self {
+        Self {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            qk_norm: None,
+            cfg,
+        }
+    }
+
     /// Adds per-head RMSNorms `{prefix}.q_norm` and `{prefix}.k_norm` (`[head_dim]`), scaling
     /// by `offset + weight` (see [`RmsNorm::load_with_offset`]).
     pub fn with_qk_norm(

@@ -34,6 +34,27 @@ impl Linear {
         )
     }
 
+    /// Loads a fused `{prefix}.weight` (`[sum(parts), in]`, e.g. Phi-3's `qkv_proj`) as one
+    /// layer per block of rows, in order.
+    pub fn load_split(
+        store: &mut WeightStore,
+        prefix: &str,
+        d_in: usize,
+        parts: &[usize],
+        device: &Device,
+    ) -> Result<Vec<Self>> {
+        let total: usize = parts.iter().sum();
+        let w = store.read_f32(&format!("{prefix}.weight"), &[total, d_in])?;
+        let mut out = Vec::with_capacity(parts.len());
+        let mut row = 0;
+        for &rows in parts {
+            let block = w[row * d_in..(row + rows) * d_in].to_vec();
+            out.push(Self::from_pytorch(block, d_in, rows, device));
+            row += rows;
+        }
+        Ok(out)
+    }
+
     /// Builds the layer from a row-major `[out, in]` host weight (as PyTorch stores it).
     pub fn from_pytorch(w: Vec<f32>, d_in: usize, d_out: usize, device: &Device) -> Self {
         let t = transpose(&w, d_out, d_in);

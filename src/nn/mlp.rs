@@ -56,6 +56,21 @@ impl GatedMlp {
         })
     }
 
+    /// Builds the block from loaded projections (e.g. split from a fused `gate_up_proj`).
+    pub fn from_parts(
+        gate_proj: Linear,
+        up_proj: Linear,
+        down_proj: Linear,
+        act: Activation,
+    ) -> Self {
+        Self {
+            gate_proj,
+            up_proj,
+            down_proj,
+            act,
+        }
+    }
+
     /// # Shapes
     /// `x: [batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
