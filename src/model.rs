@@ -179,7 +179,7 @@ impl Model {
     pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let mut last = None;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            last = Some(self.lm().forward(chunk, cache, LogitsFor::Last));
+            last = Some(self.lm().forward(chunk, cache, LogitsFor::Last)?);
         }
         let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
         to_vec(last)
@@ -195,7 +195,7 @@ impl Model {
         let vocab = self.vocab_size();
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let flat = to_vec(self.lm().forward(chunk, &mut cache, LogitsFor::All))?;
+            let flat = to_vec(self.lm().forward(chunk, &mut cache, LogitsFor::All)?)?;
             rows.extend(flat.chunks(vocab).map(<[f32]>::to_vec));
         }
         Ok(rows)
@@ -216,7 +216,7 @@ impl Model {
         let mut out = Vec::with_capacity(ids.len() - 1);
         let mut start = 0;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let logits = self.lm().forward(chunk, &mut cache, LogitsFor::All);
+            let logits = self.lm().forward(chunk, &mut cache, LogitsFor::All)?;
             let n = chunk.len().min(ids.len() - 1 - start);
             if n > 0 {
                 let [_, vocab] = logits.dims();

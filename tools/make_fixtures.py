@@ -125,7 +125,7 @@ SPECS = {
         cfg=dict(sliding_window=8, max_position_embeddings=1024,
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     ),
-    # Qwen3: per-head q/k RMSNorm, head_dim (32) != hidden / heads (16).
+    # Qwen3: per-head q/k RMSNorm, head_dim (32) != hidden / heads (8).
     "qwen3-f32": dict(
         arch="qwen3", dtype=torch.float32, tok="gpt2", seed=8,
         cfg=dict(head_dim=32, tie_word_embeddings=True,
@@ -134,7 +134,7 @@ SPECS = {
     # Qwen3 with a sliding window on layer 1 only (layer_types), stored in bf16.
     "qwen3-bf16": dict(
         arch="qwen3", dtype=torch.bfloat16, tok="gpt2", seed=9,
-        cfg=dict(use_sliding_window=True, sliding_window=16, max_window_layers=1,
+        cfg=dict(use_sliding_window=True, sliding_window=16, max_window_layers=1, head_dim=16,
                  tie_word_embeddings=False,
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
     ),
@@ -165,6 +165,7 @@ SPECS = {
     "phi3-f32": dict(
         arch="phi3", dtype=torch.float32, tok="llama", seed=13,
         cfg=dict(original_max_position_embeddings=64, max_position_embeddings=512, pad_token_id=0,
+                 num_attention_heads=2, num_key_value_heads=1,
                  rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
                                       short_factor=[1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
                                       long_factor=[1.2, 1.9, 2.7, 3.9, 5.3, 7.1, 9.4, 12.0]))),
@@ -174,6 +175,15 @@ SPECS = {
         cfg=dict(sliding_window=16, partial_rotary_factor=0.5, pad_token_id=0,
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0,
                                       partial_rotary_factor=0.5))),
+    # Mixtral: sparse MoE, 4 experts, top-2 routing renormalised.
+    "mixtral-f32": dict(
+        arch="mixtral", dtype=torch.float32, tok="llama", seed=15,
+        cfg=dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
+    "mixtral-bf16": dict(
+        arch="mixtral", dtype=torch.bfloat16, tok="llama", seed=16,
+        cfg=dict(num_local_experts=6, num_experts_per_tok=3, sliding_window=None,
+                 rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -206,7 +216,7 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
     tok.save_pretrained(out)  # tokenizer_config.json (+ rewritten tokenizer.json)
 
     cfg_cls = transformers.AutoConfig.for_model
-    base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+    base = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
                 bos_token_id=bos, eos_token_id=eos)

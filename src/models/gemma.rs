@@ -391,7 +391,7 @@ impl Gemma {
 }
 
 impl CausalLm for Gemma {
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Tensor<2> {
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
         let seq = ids.len();
         let start = cache.len();
         let max_len = cache.max_len();
@@ -439,7 +439,7 @@ impl CausalLm for Gemma {
         if let Some(cap) = self.cfg.final_softcap {
             logits = logits.div_scalar(cap).tanh().mul_scalar(cap);
         }
-        logits.reshape([n, self.cfg.vocab_size])
+        Ok(logits.reshape([n, self.cfg.vocab_size]))
     }
 
     fn new_cache(&self) -> KvCache {

@@ -1,4 +1,4 @@
-//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral, Qwen2, Qwen3 and Phi-3.
+//! The Llama family: Llama 1/2/3/3.1/3.2, Mistral, Mixtral, Qwen2, Qwen3 and Phi-3.
 //!
 //! Config → decoder layer (attention + gated MLP, pre-RMSNorm, residuals) → model. What differs
 //! between them lives in [`LlamaConfig::from_json`]: Qwen2 always has q/k/v biases; Llama and
@@ -6,7 +6,9 @@
 //! (`q_norm`/`k_norm`); Mistral's `sliding_window` applies to every layer, Qwen2/Qwen3's to the
 //! layers `layer_types` (or `use_sliding_window` + `max_window_layers`) marks; Phi-3 fuses
 //! q/k/v into `qkv_proj` and gate/up into `gate_up_proj` (split into the Llama layers at load)
-//! and uses LongRoPE; each has its own defaults.
+//! and uses LongRoPE; Mixtral replaces the MLP by a sparse mixture of experts
+//! (`block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.w1/w3/w2`: gate, up, down); each has
+//! its own defaults.
 //!
 //! Checkpoint names (no renaming or permutation needed):
 //!
@@ -36,7 +38,7 @@ use crate::models::config as cfg;
 use crate::models::{CausalLm, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
-    RmsNorm, RopeScaling, RotaryEmbedding,
+    RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
 };
 
 /// `config.json` as written by transformers (field names kept).
@@ -85,6 +87,10 @@ struct RawConfig {
     original_max_position_embeddings: Option<usize>,
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    num_local_experts: Option<usize>,
+    #[serde(default)]
+    num_experts_per_tok: Option<usize>,
 }
 
 /// The resolved runtime configuration.
@@ -106,6 +112,8 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     /// Fused `qkv_proj` / `gate_up_proj` weights (Phi-3).
     pub fused: bool,
+    /// Sparse mixture of experts `(experts, experts per token)` in place of the MLP (Mixtral).
+    pub moe: Option<(usize, usize)>,
     /// Features of each head that rotate (`partial_rotary_factor`).
     pub rotary_dim: usize,
     /// Each layer's sliding window (`None`: full attention).
@@ -161,6 +169,7 @@ impl LlamaConfig {
             "qwen2" => (32768, true),
             "qwen3" => (32768, false),
             "phi3" => (4096, false),
+            "mixtral" => (131072, false),
             _ => (2048, false),
         };
         let layer_windows = layer_windows(&raw, model_type).map_err(bad)?;
@@ -179,7 +188,27 @@ impl LlamaConfig {
             cfg::rope(rope_params, raw.rope_theta, 10000.0, rope_ctx).map_err(bad)?;
         let rotary_dim =
             cfg::rotary_dim(head_dim, rope_params, raw.partial_rotary_factor).map_err(bad)?;
-        let default_eps = if model_type == "phi3" { 1e-5 } else { 1e-6 };
+        let default_eps = match model_type {
+            "phi3" | "mixtral" => 1e-5,
+            _ => 1e-6,
+        };
+        let moe = match model_type {
+            "mixtral" => {
+                let experts =
+                    cfg::positive("num_local_experts", raw.num_local_experts.unwrap_or(8))
+                        .map_err(bad)?;
+                let top_k =
+                    cfg::positive("num_experts_per_tok", raw.num_experts_per_tok.unwrap_or(2))
+                        .map_err(bad)?;
+                if top_k > experts {
+                    return Err(bad(format!(
+                        "num_experts_per_tok ({top_k}) exceeds num_local_experts ({experts})"
+                    )));
+                }
+                Some((experts, top_k))
+            }
+            _ => None,
+        };
         let rms_norm_eps =
             cfg::epsilon("rms_norm_eps", raw.rms_norm_eps.unwrap_or(default_eps)).map_err(bad)?;
         Ok(Self {
@@ -195,6 +224,7 @@ impl LlamaConfig {
             },
             qk_norm: model_type == "qwen3",
             fused: model_type == "phi3",
+            moe,
             rotary_dim,
             layer_windows,
             act,
@@ -237,12 +267,19 @@ fn layer_windows(
     })
 }
 
+/// The feed-forward part of a layer.
+#[derive(Debug, Clone)]
+enum Ffn {
+    Dense(GatedMlp),
+    Moe(SparseMoe),
+}
+
 #[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: GatedMlp,
+    mlp: Ffn,
 }
 
 /// A loaded Llama-family model.
@@ -276,15 +313,34 @@ impl Llama {
                 window: cfg.layer_windows[i],
                 ..cfg.attention.clone()
             };
+            let (inter, bias) = (cfg.intermediate_size, cfg.mlp_bias);
             let (self_attn, mlp) = if cfg.fused {
-                load_fused(store, &p, &cfg, attn_cfg, device)?
+                let (a, m) = load_fused(store, &p, &cfg, attn_cfg, device)?;
+                (a, Ffn::Dense(m))
             } else {
-                let mlp_prefix = format!("{p}.mlp");
-                let (inter, bias) = (cfg.intermediate_size, cfg.mlp_bias);
-                (
-                    Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?,
-                    GatedMlp::load(store, &mlp_prefix, h, inter, bias, cfg.act, device)?,
-                )
+                let attn = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
+                let mlp = match cfg.moe {
+                    Some((experts, top_k)) => Ffn::Moe(SparseMoe::load_mixtral(
+                        store,
+                        &format!("{p}.block_sparse_moe"),
+                        h,
+                        inter,
+                        experts,
+                        top_k,
+                        cfg.act,
+                        device,
+                    )?),
+                    None => Ffn::Dense(GatedMlp::load(
+                        store,
+                        &format!("{p}.mlp"),
+                        h,
+                        inter,
+                        bias,
+                        cfg.act,
+                        device,
+                    )?),
+                };
+                (attn, mlp)
             };
             let self_attn = if cfg.qk_norm {
                 self_attn.with_qk_norm(store, &format!("{p}.self_attn"), eps, 0.0, device)?
@@ -393,7 +449,7 @@ fn load_fused(
 }
 
 impl CausalLm for Llama {
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Tensor<2> {
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
         let seq = ids.len();
         let start = cache.len();
         let max_len = cache.max_len();
@@ -409,9 +465,11 @@ impl CausalLm for Llama {
                 max_len,
             );
             x = x + attn;
-            let mlp = layer
-                .mlp
-                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            let normed = layer.post_attention_layernorm.forward(x.clone());
+            let mlp = match &layer.mlp {
+                Ffn::Dense(m) => m.forward(normed),
+                Ffn::Moe(m) => m.forward(normed)?,
+            };
             x = x + mlp;
         }
         let h = self.cfg.hidden_size;
@@ -419,9 +477,10 @@ impl CausalLm for Llama {
             x = x.slice([0..1, seq - 1..seq, 0..h]);
         }
         let n = x.dims()[1];
-        self.lm_head
+        Ok(self
+            .lm_head
             .forward(self.norm.forward(x))
-            .reshape([n, self.cfg.vocab_size])
+            .reshape([n, self.cfg.vocab_size]))
     }
 
     fn new_cache(&self) -> KvCache {

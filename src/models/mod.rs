@@ -29,7 +29,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// # Shapes
     /// returns `[n, vocab]` with `n = 1` for [`LogitsFor::Last`] and `ids.len()` for
     /// [`LogitsFor::All`]
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Tensor<2>;
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>>;
 
     /// An empty cache sized for this model.
     fn new_cache(&self) -> KvCache;
@@ -51,6 +51,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
 pub const SUPPORTED: &[&str] = &[
     "llama",
     "mistral",
+    "mixtral",
     "qwen2",
     "qwen3",
     "phi3",
@@ -76,7 +77,7 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
         })
         .ok_or_else(|| Error::config(&path, "neither `model_type` nor `architectures` is set"))?;
     match model_type.as_str() {
-        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => {
+        "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "phi3" => {
             let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
             Ok(Box::new(llama::Llama::load(cfg, store, device)?))
         }

@@ -9,6 +9,7 @@ pub mod embedding;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 
@@ -18,5 +19,6 @@ pub use embedding::Embedding;
 pub use kv_cache::{CachedKv, KvCache, LayerCache};
 pub use linear::Linear;
 pub use mlp::GatedMlp;
+pub use moe::SparseMoe;
 pub use norm::RmsNorm;
 pub use rope::{RopeScaling, RotaryEmbedding};

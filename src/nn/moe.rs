@@ -1,0 +1,124 @@
+//! Sparse mixture of experts (Mixtral): a router picks the top-k experts of each token, and
+//! only those experts run, on only their tokens.
+
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::loading::WeightStore;
+use crate::model::to_vec;
+use crate::nn::{Activation, GatedMlp, Linear};
+
+/// Router + experts. Routing weights are the softmax over all experts (f32) of the chosen
+/// top-k, renormalised to sum to one when `renormalize` (Mixtral always does).
+#[derive(Debug, Clone)]
+pub struct SparseMoe {
+    gate: Linear,
+    experts: Vec<GatedMlp>,
+    top_k: usize,
+    renormalize: bool,
+}
+
+impl SparseMoe {
+    /// Loads Mixtral's layout: `{prefix}.gate.weight` (`[experts, hidden]`) and
+    /// `{prefix}.experts.{e}.w1/w3/w2.weight` (gate, up, down).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_mixtral(
+        store: &mut WeightStore,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        experts: usize,
+        top_k: usize,
+        act: Activation,
+        device: &Device,
+    ) -> Result<Self> {
+        let gate = Linear::load(
+            store,
+            &format!("{prefix}.gate"),
+            hidden,
+            experts,
+            false,
+            device,
+        )?;
+        let experts = (0..experts)
+            .map(|e| {
+                let p = format!("{prefix}.experts.{e}");
+                Ok(GatedMlp::from_parts(
+                    Linear::load(
+                        store,
+                        &format!("{p}.w1"),
+                        hidden,
+                        intermediate,
+                        false,
+                        device,
+                    )?,
+                    Linear::load(
+                        store,
+                        &format!("{p}.w3"),
+                        hidden,
+                        intermediate,
+                        false,
+                        device,
+                    )?,
+                    Linear::load(
+                        store,
+                        &format!("{p}.w2"),
+                        intermediate,
+                        hidden,
+                        false,
+                        device,
+                    )?,
+                    act,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            gate,
+            experts,
+            top_k,
+            renormalize: true,
+        })
+    }
+
+    /// # Shapes
+    /// `x: [1, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        let [b, seq, hidden] = x.dims();
+        let n_exp = self.experts.len();
+        let logits = to_vec(self.gate.forward(x.clone()))?;
+        // Per expert: the tokens routed to it and their weights.
+        let mut routed: Vec<(Vec<i64>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_exp];
+        for (t, row) in logits.chunks(n_exp).enumerate() {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|l| (l - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            let mut order: Vec<usize> = (0..n_exp).collect();
+            order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]));
+            let chosen = &order[..self.top_k.min(n_exp)];
+            let total: f32 = chosen.iter().map(|&e| exp[e] / sum).sum();
+            for &e in chosen {
+                let p = exp[e] / sum;
+                routed[e].0.push(t as i64);
+                routed[e]
+                    .1
+                    .push(if self.renormalize { p / total } else { p });
+            }
+        }
+        let device = x.device();
+        let flat = x.reshape([b * seq, hidden]);
+        let mut out = Tensor::<2>::zeros([b * seq, hidden], (&device, flat.dtype()));
+        for (expert, (tokens, weights)) in self.experts.iter().zip(routed) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let n = tokens.len();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [n]), &device);
+            let w = Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), &device);
+            let xs = flat.clone().select(0, idx.clone()).reshape([1, n, hidden]);
+            let ys = expert.forward(xs).reshape([n, hidden]) * w;
+            out = out.select_assign(0, idx, ys, IndexingUpdateOp::Add);
+        }
+        Ok(out.reshape([b, seq, hidden]))
+    }
+}
