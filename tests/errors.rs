@@ -152,7 +152,10 @@ fn misshaped_tensor_names_both_shapes() {
     let mut hidden = 0;
     rewrite_weights(t.path(), |m| {
         hidden = m["model.norm.weight"].0[0];
-        m.insert("model.norm.weight".into(), (vec![hidden - 1], vec![1.0; hidden - 1]));
+        m.insert(
+            "model.norm.weight".into(),
+            (vec![hidden - 1], vec![1.0; hidden - 1]),
+        );
     });
     let err = load(t.path());
     let msg = err.to_string();

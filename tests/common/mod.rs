@@ -61,6 +61,22 @@ pub fn devices() -> Vec<kiln::Device> {
     d
 }
 
+/// The fixtures also run on wgpu: one of each family's distinctive paths (software Vulkan is
+/// slow; every fixture runs on the CPU backends).
+pub const WGPU_FIXTURES: &[&str] = &[
+    "llama-f32",
+    "mistral-window-f32",
+    "mixtral-f32",
+    "gemma2-bf16",
+    "phi3-bf16",
+    "qwen3-bf16",
+];
+
+/// Whether `fixture` runs on `device`.
+pub fn runs_on(device: &kiln::Device, fixture: &str) -> bool {
+    device.kind() != kiln::BackendKind::Wgpu || WGPU_FIXTURES.contains(&fixture)
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter()
