@@ -81,7 +81,7 @@ def perturb(model, gen):
     a loader that skipped them would be caught."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") or (".ln_" in name and name.endswith(".weight")):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
@@ -184,6 +184,8 @@ SPECS = {
         arch="mixtral", dtype=torch.bfloat16, tok="llama", seed=16,
         cfg=dict(num_local_experts=6, num_experts_per_tok=3, sliding_window=None,
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # GPT-2: learned positions, LayerNorm, Conv1D (transposed) weights, fused c_attn, gelu_new.
+    "gpt2-f32": dict(arch="gpt2", dtype=torch.float32, tok="gpt2", seed=17, cfg=dict()),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -220,6 +222,9 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=512, rms_norm_eps=1e-5, initializer_range=0.15,
                 bos_token_id=bos, eos_token_id=eos)
+    if spec["arch"] == "gpt2":
+        base = dict(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                    initializer_range=0.15, bos_token_id=bos, eos_token_id=eos)
     base.update(spec["cfg"])
     cfg = cfg_cls(spec["arch"], **base)
     torch.manual_seed(1000 * seed_offset + spec["seed"])

@@ -396,22 +396,19 @@ impl CausalLm for Gemma {
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let global = AttentionContext::new(&self.cfg.rope_global, start, seq, group, &self.device);
-        let local = AttentionContext::new(&self.cfg.rope_local, start, seq, group, &self.device);
+        let global =
+            AttentionContext::new(Some(&self.cfg.rope_global), start, seq, group, &self.device);
+        let local =
+            AttentionContext::new(Some(&self.cfg.rope_local), start, seq, group, &self.device);
         let h = self.cfg.hidden_size;
         let mut x = self
             .embed_tokens
             .forward(ids, &self.device)
             .mul_scalar((h as f32).sqrt());
         for (i, layer) in self.layers.iter().enumerate() {
-            let (rope, ctx) = if layer.sliding {
-                (&self.cfg.rope_local, &local)
-            } else {
-                (&self.cfg.rope_global, &global)
-            };
+            let ctx = if layer.sliding { &local } else { &global };
             let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
-                rope,
                 ctx,
                 cache.layer_mut(i),
                 max_len,

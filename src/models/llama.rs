@@ -454,12 +454,11 @@ impl CausalLm for Llama {
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let ctx = AttentionContext::new(&self.rope, start, seq, group, &self.device);
+        let ctx = AttentionContext::new(Some(&self.rope), start, seq, group, &self.device);
         let mut x = self.embed_tokens.forward(ids, &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
-                &self.rope,
                 &ctx,
                 cache.layer_mut(i),
                 max_len,

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod gemma;
+pub mod gpt2;
 pub mod llama;
 
 use std::path::Path;
@@ -58,6 +59,7 @@ pub const SUPPORTED: &[&str] = &[
     "gemma",
     "gemma2",
     "gemma3_text",
+    "gpt2",
 ];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
@@ -89,6 +91,10 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
             };
             let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
             Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
+        }
+        "gpt2" => {
+            let cfg = gpt2::Gpt2Config::from_json(&path, value)?;
+            Ok(Box::new(gpt2::Gpt2::load(cfg, store, device)?))
         }
         other => Err(Error::UnsupportedArchitecture {
             path,

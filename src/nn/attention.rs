@@ -71,30 +71,32 @@ pub struct AttentionContext {
     pub start: usize,
     /// Tokens in the chunk.
     pub seq: usize,
-    /// `cos` table, `[1, 1, seq, head_dim]`.
-    pub cos: Tensor<4>,
-    /// `sin` table, `[1, 1, seq, head_dim]`.
-    pub sin: Tensor<4>,
+    /// The rotary embedding with its `cos` and `sin` tables (`[1, 1, seq, rotary_dim]`), or
+    /// `None` for models with learned positions.
+    rope: Option<(RotaryEmbedding, Tensor<4>, Tensor<4>)>,
     group: usize,
     device: Device,
     masks: RefCell<HashMap<(usize, Option<usize>), Option<Tensor<4>>>>,
 }
 
 impl AttentionContext {
-    /// Builds the rotary tables for tokens `start..start+seq`; `group` is heads per kv head.
+    /// Builds the rotary tables (if any) for tokens `start..start+seq`; `group` is heads per
+    /// kv head.
     pub fn new(
-        rope: &RotaryEmbedding,
+        rope: Option<&RotaryEmbedding>,
         start: usize,
         seq: usize,
         group: usize,
         device: &Device,
     ) -> Self {
-        let (cos, sin) = rope.tables(start, seq, device);
+        let rope = rope.map(|r| {
+            let (cos, sin) = r.tables(start, seq, device);
+            (r.clone(), cos, sin)
+        });
         Self {
             start,
             seq,
-            cos,
-            sin,
+            rope,
             group,
             device: device.clone(),
             masks: RefCell::new(HashMap::new()),
@@ -225,7 +227,6 @@ impl Attention {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        rope: &RotaryEmbedding,
         ctx: &AttentionContext,
         cache: &mut LayerCache,
         max_len: usize,
@@ -246,8 +247,11 @@ impl Attention {
             q = qn.forward(q);
             k = kn.forward(k);
         }
-        let q = rope.apply(q.swap_dims(1, 2), &ctx.cos, &ctx.sin);
-        let k = rope.apply(k.swap_dims(1, 2), &ctx.cos, &ctx.sin);
+        let (mut q, mut k) = (q.swap_dims(1, 2), k.swap_dims(1, 2));
+        if let Some((rope, cos, sin)) = &ctx.rope {
+            q = rope.apply(q, cos, sin);
+            k = rope.apply(k, cos, sin);
+        }
         let kv = cache.append(k, v, max_len, self.cfg.window);
         let total = kv.k.dims()[2];
 

@@ -55,6 +55,37 @@ impl Linear {
         Ok(out)
     }
 
+    /// Loads a GPT-2 `Conv1D`: `{prefix}.weight` stored `[in, sum(parts)]` (already transposed)
+    /// and `{prefix}.bias` (`[sum(parts)]`), as one layer per block of output columns.
+    pub fn load_conv1d_split(
+        store: &mut WeightStore,
+        prefix: &str,
+        d_in: usize,
+        parts: &[usize],
+        device: &Device,
+    ) -> Result<Vec<Self>> {
+        let total: usize = parts.iter().sum();
+        let w = store.read_f32(&format!("{prefix}.weight"), &[d_in, total])?;
+        let b = store.read_f32(&format!("{prefix}.bias"), &[total])?;
+        let mut out = Vec::with_capacity(parts.len());
+        let mut col = 0;
+        for &cols in parts {
+            let block: Vec<f32> = (0..d_in)
+                .flat_map(|r| w[r * total + col..r * total + col + cols].iter().copied())
+                .collect();
+            let bias = b[col..col + cols].to_vec();
+            out.push(Self {
+                weight: Tensor::from_data(TensorData::new(block, [d_in, cols]), device.burn()),
+                bias: Some(Tensor::from_data(
+                    TensorData::new(bias, [cols]),
+                    device.burn(),
+                )),
+            });
+            col += cols;
+        }
+        Ok(out)
+    }
+
     /// Builds the layer from a row-major `[out, in]` host weight (as PyTorch stores it).
     pub fn from_pytorch(w: Vec<f32>, d_in: usize, d_out: usize, device: &Device) -> Self {
         let t = transpose(&w, d_out, d_in);

@@ -78,3 +78,24 @@ impl GatedMlp {
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
 }
+
+/// Plain MLP: `proj(act(fc(x)))` (GPT-2's `c_fc`/`c_proj`, BERT's intermediate/output).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc: Linear,
+    proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    /// Builds the block from loaded projections.
+    pub fn from_parts(fc: Linear, proj: Linear, act: Activation) -> Self {
+        Self { fc, proj, act }
+    }
+
+    /// # Shapes
+    /// `x: [batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.proj.forward(self.act.forward(self.fc.forward(x)))
+    }
+}

@@ -53,3 +53,40 @@ impl RmsNorm {
         x * inv * self.weight.clone().unsqueeze::<D>()
     }
 }
+
+/// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias` (biased variance), in f32.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor<1>,
+    bias: Tensor<1>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `{prefix}.weight` and `{prefix}.bias` (`[dim]`).
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: store.take(&format!("{prefix}.weight"), [dim], device)?,
+            bias: store.take(&format!("{prefix}.bias"), [dim], device)?,
+            eps,
+        })
+    }
+
+    /// Normalises over the last axis.
+    ///
+    /// # Shapes
+    /// `x: [..., dim]` → same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().square().mean_dim(D - 1);
+        let inv = var.add_scalar(self.eps).sqrt().recip();
+        centered * inv * self.weight.clone().unsqueeze::<D>() + self.bias.clone().unsqueeze::<D>()
+    }
+}

@@ -70,6 +70,7 @@ pub const WGPU_FIXTURES: &[&str] = &[
     "gemma2-bf16",
     "phi3-bf16",
     "qwen3-bf16",
+    "gpt2-f32",
 ];
 
 /// Whether `fixture` runs on `device`.

@@ -1,0 +1,295 @@
+//! GPT-2: learned absolute positions, LayerNorm, fused `c_attn`, `Conv1D` weights stored
+//! transposed (`[in, out]`), `gelu_new`, output head tied to the token embeddings.
+//!
+//! | tensor (`transformer.` prefix optional) | shape |
+//! |---|---|
+//! | `wte.weight` / `wpe.weight` | `[vocab, n_embd]` / `[n_positions, n_embd]` |
+//! | `h.{i}.ln_1`, `h.{i}.ln_2`, `ln_f` (`.weight`, `.bias`) | `[n_embd]` |
+//! | `h.{i}.attn.c_attn.weight` / `.bias` | `[n_embd, 3·n_embd]` (columns q, k, v) / `[3·n_embd]` |
+//! | `h.{i}.attn.c_proj.weight` / `.bias` | `[n_embd, n_embd]` / `[n_embd]` |
+//! | `h.{i}.mlp.c_fc.weight` / `.bias` | `[n_embd, n_inner]` / `[n_inner]` |
+//! | `h.{i}.mlp.c_proj.weight` / `.bias` | `[n_inner, n_embd]` / `[n_embd]` |
+//!
+//! Older checkpoints also store the causal-mask buffers `h.{i}.attn.bias` / `.masked_bias`;
+//! they are skipped.
+
+use std::path::Path;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Deserialize;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::loading::config::OneOrMany;
+use crate::loading::WeightStore;
+use crate::models::config as cfg;
+use crate::models::{CausalLm, LogitsFor};
+use crate::nn::{
+    Activation, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm,
+    Linear, Mlp,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawConfig {
+    vocab_size: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    #[serde(default)]
+    n_positions: Option<usize>,
+    #[serde(default)]
+    n_inner: Option<usize>,
+    #[serde(default)]
+    activation_function: Option<String>,
+    #[serde(default)]
+    layer_norm_epsilon: Option<f64>,
+    #[serde(default)]
+    scale_attn_weights: Option<bool>,
+    #[serde(default)]
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    bos_token_id: Option<OneOrMany>,
+    #[serde(default)]
+    eos_token_id: Option<OneOrMany>,
+}
+
+/// The resolved runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Gpt2Config {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub n_embd: usize,
+    /// Layers.
+    pub n_layer: usize,
+    /// Heads.
+    pub n_head: usize,
+    /// Context length (learned positions).
+    pub n_positions: usize,
+    /// MLP width.
+    pub n_inner: usize,
+    /// MLP activation.
+    pub act: Activation,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+    /// Attention score scale per layer (`scale_attn_weights`, `scale_attn_by_inverse_layer_idx`).
+    pub scales: Vec<f64>,
+    /// Output head shares the token embeddings.
+    pub tie_word_embeddings: bool,
+    /// `bos_token_id`.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id`.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl Gpt2Config {
+    /// Resolves `config.json` of a GPT-2 model.
+    pub fn from_json(path: &Path, value: serde_json::Value) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |m: String| Error::config(path, m);
+        for (name, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("n_embd", raw.n_embd),
+            ("n_layer", raw.n_layer),
+        ] {
+            cfg::positive(name, v).map_err(bad)?;
+        }
+        let (n_head, _, head_dim) =
+            cfg::head_shape(raw.n_embd, raw.n_head, None, None, false).map_err(bad)?;
+        let act = Activation::from_hf(raw.activation_function.as_deref().unwrap_or("gelu_new"))
+            .map_err(|e| bad(e.to_string()))?;
+        let base = if raw.scale_attn_weights.unwrap_or(true) {
+            1.0 / (head_dim as f64).sqrt()
+        } else {
+            1.0
+        };
+        let by_layer = raw.scale_attn_by_inverse_layer_idx.unwrap_or(false);
+        Ok(Self {
+            vocab_size: raw.vocab_size,
+            n_embd: raw.n_embd,
+            n_layer: raw.n_layer,
+            n_head,
+            n_positions: cfg::positive("n_positions", raw.n_positions.unwrap_or(1024))
+                .map_err(bad)?,
+            n_inner: cfg::positive("n_inner", raw.n_inner.unwrap_or(4 * raw.n_embd))
+                .map_err(bad)?,
+            act,
+            eps: cfg::epsilon("layer_norm_epsilon", raw.layer_norm_epsilon.unwrap_or(1e-5))
+                .map_err(bad)?,
+            scales: (0..raw.n_layer)
+                .map(|i| {
+                    if by_layer {
+                        base / (i + 1) as f64
+                    } else {
+                        base
+                    }
+                })
+                .collect(),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(true),
+            bos_token_id: raw.bos_token_id.and_then(|b| b.to_vec().first().copied()),
+            eos_token_ids: raw.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// A loaded GPT-2.
+#[derive(Debug, Clone)]
+pub struct Gpt2 {
+    cfg: Gpt2Config,
+    wte: Embedding,
+    wpe: Tensor<2>,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Linear,
+    device: Device,
+}
+
+impl Gpt2 {
+    /// Loads every tensor of the model from `store`.
+    pub fn load(cfg: Gpt2Config, store: &mut WeightStore, device: &Device) -> Result<Self> {
+        let pre = if store.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
+        let (d, inner) = (cfg.n_embd, cfg.n_inner);
+        let wte = Embedding::load(
+            store,
+            &format!("{pre}wte.weight"),
+            cfg.vocab_size,
+            d,
+            device,
+        )?;
+        let wpe = store.take(&format!("{pre}wpe.weight"), [cfg.n_positions, d], device)?;
+        let mut h = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = format!("{pre}h.{i}");
+            for buffer in ["attn.bias", "attn.masked_bias"] {
+                store.skip(&format!("{p}.{buffer}"));
+            }
+            let mut qkv = Linear::load_conv1d_split(
+                store,
+                &format!("{p}.attn.c_attn"),
+                d,
+                &[d, d, d],
+                device,
+            )?
+            .into_iter();
+            let proj = conv1d(store, &format!("{p}.attn.c_proj"), d, d, device)?;
+            let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+                unreachable!("three parts requested");
+            };
+            let attn_cfg = AttentionConfig {
+                qkv_bias: true,
+                o_bias: true,
+                scale: cfg.scales[i],
+                ..AttentionConfig::new(d, cfg.n_head, cfg.n_head, d / cfg.n_head)
+            };
+            h.push(Block {
+                ln_1: LayerNorm::load(store, &format!("{p}.ln_1"), d, cfg.eps, device)?,
+                attn: Attention::from_parts(q, k, v, proj, attn_cfg),
+                ln_2: LayerNorm::load(store, &format!("{p}.ln_2"), d, cfg.eps, device)?,
+                mlp: Mlp::from_parts(
+                    conv1d(store, &format!("{p}.mlp.c_fc"), d, inner, device)?,
+                    conv1d(store, &format!("{p}.mlp.c_proj"), inner, d, device)?,
+                    cfg.act,
+                ),
+            });
+        }
+        let ln_f = LayerNorm::load(store, &format!("{pre}ln_f"), d, cfg.eps, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            store.skip("lm_head.weight");
+            let w = store.read_f32(&format!("{pre}wte.weight"), &[cfg.vocab_size, d])?;
+            Linear::from_pytorch(w, d, cfg.vocab_size, device)
+        } else {
+            Linear::load(store, "lm_head", d, cfg.vocab_size, false, device)?
+        };
+        Ok(Self {
+            cfg,
+            wte,
+            wpe,
+            h,
+            ln_f,
+            lm_head,
+            device: device.clone(),
+        })
+    }
+}
+
+fn conv1d(
+    store: &mut WeightStore,
+    prefix: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear> {
+    let mut parts = Linear::load_conv1d_split(store, prefix, d_in, &[d_out], device)?;
+    Ok(parts.remove(0))
+}
+
+impl CausalLm for Gpt2 {
+    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
+        let seq = ids.len();
+        let start = cache.len();
+        let max_len = cache.max_len();
+        let d = self.cfg.n_embd;
+        let ctx = AttentionContext::new(None, start, seq, 1, &self.device);
+        let positions: Vec<i64> = (start..start + seq).map(|p| p as i64).collect();
+        let positions =
+            Tensor::<1, Int>::from_data(TensorData::new(positions, [seq]), self.device.burn());
+        let pos = self.wpe.clone().select(0, positions).reshape([1, seq, d]);
+        let mut x = self.wte.forward(ids, &self.device) + pos;
+        for (i, block) in self.h.iter().enumerate() {
+            let a = block.attn.forward(
+                block.ln_1.forward(x.clone()),
+                &ctx,
+                cache.layer_mut(i),
+                max_len,
+            );
+            x = x + a;
+            let m = block.mlp.forward(block.ln_2.forward(x.clone()));
+            x = x + m;
+        }
+        if which == LogitsFor::Last && seq > 1 {
+            x = x.slice([0..1, seq - 1..seq, 0..d]);
+        }
+        let n = x.dims()[1];
+        Ok(self
+            .lm_head
+            .forward(self.ln_f.forward(x))
+            .reshape([n, self.cfg.vocab_size]))
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layer, self.cfg.n_positions)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn max_context(&self) -> usize {
+        self.cfg.n_positions
+    }
+
+    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>) {
+        (self.cfg.bos_token_id, self.cfg.eos_token_ids.clone())
+    }
+
+    fn architecture(&self) -> &str {
+        "gpt2"
+    }
+}
