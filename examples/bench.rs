@@ -74,9 +74,12 @@ fn run(args: Args) -> kiln::Result<()> {
         "gen": stats.generated_tokens,
     });
     if args.common.json {
-        println!("{out}");
+        common::outln(format!("{out}"));
     } else {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        common::outln(format!(
+            "{}",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        ));
     }
     Ok(())
 }

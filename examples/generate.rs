@@ -115,9 +115,9 @@ fn run(args: Args) -> kiln::Result<()> {
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
         });
-        println!("{out}");
+        common::outln(format!("{out}"));
     } else {
-        println!();
+        common::outln("");
         eprintln!(
             "[{} prompt tokens, {} generated ({finish}); prefill {:.1} tok/s, decode {:.1} tok/s]",
             stats.prompt_tokens,

@@ -42,16 +42,16 @@ fn run(args: Args) -> kiln::Result<()> {
     let nll = model.token_nll(&ids)?;
     let mean = nll.iter().map(|&x| x as f64).sum::<f64>() / nll.len() as f64;
     if args.common.json {
-        println!(
+        common::outln(format!(
             "{}",
             serde_json::json!({"tokens": ids.len(), "mean_nll": mean, "perplexity": mean.exp()})
-        );
+        ));
     } else {
-        println!(
+        common::outln(format!(
             "tokens: {}\nmean NLL: {mean:.6}\nperplexity: {:.4}",
             ids.len(),
             mean.exp()
-        );
+        ));
     }
     Ok(())
 }

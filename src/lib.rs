@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod encoder;
 pub mod error;
 pub mod generation;
 #[cfg(feature = "hub")]
@@ -39,6 +40,7 @@ pub mod session;
 pub mod tokenizer;
 
 pub use device::{BackendKind, Device};
+pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
 pub use generation::{FinishReason, GenerationConfig, GenerationStats, Generator, Token};
 pub use model::Model;

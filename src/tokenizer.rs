@@ -49,6 +49,25 @@ impl Tokenizer {
         })
     }
 
+    /// A copy that truncates encodings to `max_length` tokens (special tokens included), as
+    /// sentence-transformers does with `max_seq_length`.
+    pub fn truncating(&self, max_length: usize) -> Result<Self> {
+        let mut inner = self.inner.clone();
+        inner
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                context: self.context.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            inner,
+            context: self.context.clone(),
+        })
+    }
+
     /// Encodes `text`; with `add_special_tokens` the post-processor adds what the model expects
     /// (e.g. `<s>` for Llama 2), as transformers does by default.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {

@@ -144,3 +144,9 @@ pub fn peak_rss_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Writes a line to stdout; a closed pipe (`| head`) ends output quietly instead of panicking.
+pub fn outln(line: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}

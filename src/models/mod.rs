@@ -1,5 +1,6 @@
 //! One file per architecture family; the dispatch from `config.json` to the right one.
 
+pub mod bert;
 pub mod config;
 pub mod gemma;
 pub mod gpt2;
@@ -99,7 +100,10 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
         other => Err(Error::UnsupportedArchitecture {
             path,
             name: other.to_string(),
-            supported: SUPPORTED.join(", "),
+            supported: format!(
+                "{}; BERT-family encoders load with kiln::Encoder",
+                SUPPORTED.join(", ")
+            ),
         }),
     }
 }

@@ -238,7 +238,6 @@ impl Attention {
             head_dim,
             ..
         } = self.cfg;
-        let group = heads / kv_heads;
         let split = |t: Tensor<3>, h: usize| t.reshape([b, seq, h, head_dim]);
         let mut q = split(self.q_proj.forward(x.clone()), heads);
         let mut k = split(self.k_proj.forward(x.clone()), kv_heads);
@@ -253,22 +252,58 @@ impl Attention {
             k = rope.apply(k, cos, sin);
         }
         let kv = cache.append(k, v, max_len, self.cfg.window);
-        let total = kv.k.dims()[2];
+        let mask = ctx.mask(kv.first, self.cfg.window);
+        self.attend(q, kv.k, kv.v, mask)
+    }
 
+    /// Bidirectional self-attention over a padded batch (encoders): no cache, no RoPE.
+    ///
+    /// # Shapes
+    /// `x: [batch, seq, hidden]`, `key_bias: [batch, 1, 1, seq]` (0 for tokens, −∞ for padding)
+    /// → `[batch, seq, hidden]`
+    pub fn forward_encoder(&self, x: Tensor<3>, key_bias: Option<Tensor<4>>) -> Tensor<3> {
+        let [b, seq, _] = x.dims();
+        let AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.cfg;
+        let split = |t: Tensor<3>, h: usize| t.reshape([b, seq, h, head_dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()), heads);
+        let k = split(self.k_proj.forward(x.clone()), kv_heads);
+        let v = split(self.v_proj.forward(x), kv_heads);
+        self.attend(q, k, v, key_bias)
+    }
+
+    /// softmax(scale·q·kᵀ [soft-capped] + bias)·v, then the output projection.
+    ///
+    /// # Shapes
+    /// `q: [batch, heads, seq, head_dim]`, `k, v: [batch, kv_heads, total, head_dim]`, `bias`
+    /// broadcastable to `[batch, kv_heads, group·seq, total]` → `[batch, seq, hidden]`
+    fn attend(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        bias: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        let [b, heads, seq, head_dim] = q.dims();
+        let kv_heads = k.dims()[1];
+        let group = heads / kv_heads;
         // Query head h uses kv head h / group: stacking each group's queries along the sequence
         // axis lets every kv head serve its group in one matmul, without copying K or V.
         let q = q.reshape([b, kv_heads, group * seq, head_dim]);
-        let mut scores = q.matmul(kv.k.swap_dims(2, 3)).mul_scalar(self.cfg.scale);
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(self.cfg.scale);
         if let Some(cap) = self.cfg.softcap {
             scores = scores.div_scalar(cap).tanh().mul_scalar(cap);
         }
-        if let Some(mask) = ctx.mask(kv.first, self.cfg.window) {
-            scores = scores + mask;
+        if let Some(bias) = bias {
+            scores = scores + bias;
         }
-        debug_assert_eq!(scores.dims(), [b, kv_heads, group * seq, total]);
         let probs = activation::softmax(scores, 3);
         let out = probs
-            .matmul(kv.v)
+            .matmul(v)
             .reshape([b, heads, seq, head_dim])
             .swap_dims(1, 2)
             .reshape([b, seq, heads * head_dim]);
