@@ -70,9 +70,9 @@ impl Model {
         let defaults = GenerationDefaults::load(dir)?;
         let eos = match &defaults.eos_token_id {
             Some(e) => e.to_vec(),
-            None => lm.config_special_ids().1,
+            None => lm.info().eos_token_ids.clone(),
         };
-        let vocab = lm.vocab_size();
+        let vocab = lm.info().vocab_size;
         if let Some(bad) = eos.iter().find(|&&e| e as usize >= vocab) {
             return Err(Error::config(
                 dir.join("generation_config.json"),
@@ -129,17 +129,17 @@ impl Model {
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
-        self.inner.lm.vocab_size()
+        self.inner.lm.info().vocab_size
     }
 
     /// Context length (`max_position_embeddings`).
     pub fn max_context(&self) -> usize {
-        self.inner.lm.max_context()
+        self.inner.lm.info().max_context
     }
 
     /// Architecture name (`llama`, `mistral`, `qwen2`).
     pub fn architecture(&self) -> &str {
-        self.inner.lm.architecture()
+        &self.inner.lm.info().architecture
     }
 
     /// The device the weights live on.

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{CausalLm, LogitsFor};
+use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RotaryEmbedding,
@@ -312,6 +312,7 @@ struct DecoderLayer {
 /// A loaded Gemma model.
 #[derive(Debug, Clone)]
 pub struct Gemma {
+    info: LmInfo,
     cfg: GemmaConfig,
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
@@ -372,15 +373,30 @@ impl Gemma {
             });
         }
         let final_norm = norm(store, "model.norm")?;
-        let lm_head = if cfg.tie_word_embeddings {
-            store.skip("lm_head.weight");
-            let w = store.read_f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-            Linear::from_pytorch(w, h, cfg.vocab_size, device)
-        } else {
-            Linear::load(store, "lm_head", h, cfg.vocab_size, false, device)?
+        let lm_head = Linear::load_head(
+            store,
+            cfg.tie_word_embeddings,
+            "model.embed_tokens.weight",
+            h,
+            cfg.vocab_size,
+            device,
+        )?;
+        let info = LmInfo {
+            architecture: match cfg.version {
+                Version::V1 => "gemma",
+                Version::V2 => "gemma2",
+                Version::V3 => "gemma3_text",
+            }
+            .to_string(),
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_position_embeddings,
+            num_layers: cfg.num_layers,
+            bos_token_id: cfg.bos_token_id,
+            eos_token_ids: cfg.eos_token_ids.clone(),
         };
         Ok(Self {
             cfg,
+            info,
             embed_tokens,
             layers,
             norm: final_norm,
@@ -428,38 +444,14 @@ impl CausalLm for Gemma {
                 }
             }
         }
-        if which == LogitsFor::Last && seq > 1 {
-            x = x.slice([0..1, seq - 1..seq, 0..h]);
-        }
-        let n = x.dims()[1];
-        let mut logits = self.lm_head.forward(self.norm.forward(x));
-        if let Some(cap) = self.cfg.final_softcap {
-            logits = logits.div_scalar(cap).tanh().mul_scalar(cap);
-        }
-        Ok(logits.reshape([n, self.cfg.vocab_size]))
+        let logits = head_logits(x, which, |x| self.norm.forward(x), &self.lm_head);
+        Ok(match self.cfg.final_softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        })
     }
 
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers, self.cfg.max_position_embeddings)
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.cfg.vocab_size
-    }
-
-    fn max_context(&self) -> usize {
-        self.cfg.max_position_embeddings
-    }
-
-    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>) {
-        (self.cfg.bos_token_id, self.cfg.eos_token_ids.clone())
-    }
-
-    fn architecture(&self) -> &str {
-        match self.cfg.version {
-            Version::V1 => "gemma",
-            Version::V2 => "gemma2",
-            Version::V3 => "gemma3_text",
-        }
+    fn info(&self) -> &LmInfo {
+        &self.info
     }
 }

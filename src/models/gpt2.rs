@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{CausalLm, LogitsFor};
+use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm,
     Linear, Mlp,
@@ -148,6 +148,7 @@ struct Block {
 /// A loaded GPT-2.
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
+    info: LmInfo,
     cfg: Gpt2Config,
     wte: Embedding,
     wpe: Tensor<2>,
@@ -210,15 +211,25 @@ impl Gpt2 {
             });
         }
         let ln_f = LayerNorm::load(store, &format!("{pre}ln_f"), d, cfg.eps, device)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            store.skip("lm_head.weight");
-            let w = store.read_f32(&format!("{pre}wte.weight"), &[cfg.vocab_size, d])?;
-            Linear::from_pytorch(w, d, cfg.vocab_size, device)
-        } else {
-            Linear::load(store, "lm_head", d, cfg.vocab_size, false, device)?
+        let lm_head = Linear::load_head(
+            store,
+            cfg.tie_word_embeddings,
+            &format!("{pre}wte.weight"),
+            d,
+            cfg.vocab_size,
+            device,
+        )?;
+        let info = LmInfo {
+            architecture: "gpt2".to_string(),
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.n_positions,
+            num_layers: cfg.n_layer,
+            bos_token_id: cfg.bos_token_id,
+            eos_token_ids: cfg.eos_token_ids.clone(),
         };
         Ok(Self {
             cfg,
+            info,
             wte,
             wpe,
             h,
@@ -263,33 +274,15 @@ impl CausalLm for Gpt2 {
             let m = block.mlp.forward(block.ln_2.forward(x.clone()));
             x = x + m;
         }
-        if which == LogitsFor::Last && seq > 1 {
-            x = x.slice([0..1, seq - 1..seq, 0..d]);
-        }
-        let n = x.dims()[1];
-        Ok(self
-            .lm_head
-            .forward(self.ln_f.forward(x))
-            .reshape([n, self.cfg.vocab_size]))
+        Ok(head_logits(
+            x,
+            which,
+            |x| self.ln_f.forward(x),
+            &self.lm_head,
+        ))
     }
 
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.n_layer, self.cfg.n_positions)
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.cfg.vocab_size
-    }
-
-    fn max_context(&self) -> usize {
-        self.cfg.n_positions
-    }
-
-    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>) {
-        (self.cfg.bos_token_id, self.cfg.eos_token_ids.clone())
-    }
-
-    fn architecture(&self) -> &str {
-        "gpt2"
+    fn info(&self) -> &LmInfo {
+        &self.info
     }
 }

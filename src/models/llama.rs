@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{CausalLm, LogitsFor};
+use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
@@ -285,6 +285,7 @@ struct DecoderLayer {
 /// A loaded Llama-family model.
 #[derive(Debug, Clone)]
 pub struct Llama {
+    info: LmInfo,
     cfg: LlamaConfig,
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
@@ -367,21 +368,31 @@ impl Llama {
             });
         }
         let norm = RmsNorm::load(store, "model.norm", h, cfg.rms_norm_eps, device)?;
-        let lm_head = if cfg.tie_word_embeddings {
-            store.skip("lm_head.weight");
-            let w = store.read_f32("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-            Linear::from_pytorch(w, h, cfg.vocab_size, device)
-        } else {
-            Linear::load(store, "lm_head", h, cfg.vocab_size, false, device)?
-        };
+        let lm_head = Linear::load_head(
+            store,
+            cfg.tie_word_embeddings,
+            "model.embed_tokens.weight",
+            h,
+            cfg.vocab_size,
+            device,
+        )?;
         let rope = RotaryEmbedding::partial(
             cfg.attention.head_dim,
             cfg.rotary_dim,
             cfg.rope_theta,
             &cfg.rope_scaling,
         )?;
+        let info = LmInfo {
+            architecture: cfg.model_type.clone(),
+            vocab_size: cfg.vocab_size,
+            max_context: cfg.max_position_embeddings,
+            num_layers: cfg.num_layers,
+            bos_token_id: cfg.bos_token_id,
+            eos_token_ids: cfg.eos_token_ids.clone(),
+        };
         Ok(Self {
             cfg,
+            info,
             embed_tokens,
             layers,
             norm,
@@ -471,34 +482,15 @@ impl CausalLm for Llama {
             };
             x = x + mlp;
         }
-        let h = self.cfg.hidden_size;
-        if which == LogitsFor::Last && seq > 1 {
-            x = x.slice([0..1, seq - 1..seq, 0..h]);
-        }
-        let n = x.dims()[1];
-        Ok(self
-            .lm_head
-            .forward(self.norm.forward(x))
-            .reshape([n, self.cfg.vocab_size]))
+        Ok(head_logits(
+            x,
+            which,
+            |x| self.norm.forward(x),
+            &self.lm_head,
+        ))
     }
 
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.cfg.num_layers, self.cfg.max_position_embeddings)
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.cfg.vocab_size
-    }
-
-    fn max_context(&self) -> usize {
-        self.cfg.max_position_embeddings
-    }
-
-    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>) {
-        (self.cfg.bos_token_id, self.cfg.eos_token_ids.clone())
-    }
-
-    fn architecture(&self) -> &str {
-        &self.cfg.model_type
+    fn info(&self) -> &LmInfo {
+        &self.info
     }
 }

@@ -33,20 +33,52 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// [`LogitsFor::All`]
     fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>>;
 
+    /// What the model reports about itself.
+    fn info(&self) -> &LmInfo;
+
     /// An empty cache sized for this model.
-    fn new_cache(&self) -> KvCache;
+    fn new_cache(&self) -> KvCache {
+        let info = self.info();
+        KvCache::new(info.num_layers, info.max_context)
+    }
+}
 
-    /// Vocabulary size (rows of the output projection).
-    fn vocab_size(&self) -> usize;
-
-    /// Longest sequence the model supports (`max_position_embeddings`).
-    fn max_context(&self) -> usize;
-
-    /// Token ids from `config.json` (`bos_token_id`, `eos_token_id`).
-    fn config_special_ids(&self) -> (Option<u32>, Vec<u32>);
-
+/// The facts every causal LM reports, resolved from its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LmInfo {
     /// The architecture's name, e.g. `llama`.
-    fn architecture(&self) -> &str;
+    pub architecture: String,
+    /// Vocabulary size (rows of the output projection).
+    pub vocab_size: usize,
+    /// Longest sequence the model supports (`max_position_embeddings`).
+    pub max_context: usize,
+    /// Layers (one KV cache each).
+    pub num_layers: usize,
+    /// `bos_token_id` from config.json.
+    pub bos_token_id: Option<u32>,
+    /// `eos_token_id` from config.json.
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The common tail of a decoder: keep the last position if asked, final norm, output head.
+///
+/// # Shapes
+/// `x: [1, seq, hidden]` → `[n, vocab]`
+pub(crate) fn head_logits(
+    x: Tensor<3>,
+    which: LogitsFor,
+    norm: impl FnOnce(Tensor<3>) -> Tensor<3>,
+    head: &crate::nn::Linear,
+) -> Tensor<2> {
+    let [_, seq, hidden] = x.dims();
+    let x = if which == LogitsFor::Last && seq > 1 {
+        x.slice([0..1, seq - 1..seq, 0..hidden])
+    } else {
+        x
+    };
+    let n = x.dims()[1];
+    let vocab = head.d_out();
+    head.forward(norm(x)).reshape([n, vocab])
 }
 
 /// The `model_type` values kiln implements.

@@ -34,6 +34,25 @@ impl Linear {
         )
     }
 
+    /// The output head `lm_head` (`[vocab, hidden]`), or, when `tied`, a copy of the embedding
+    /// table `embed_name` laid out for the head (a stored `lm_head.weight` is then ignored).
+    pub fn load_head(
+        store: &mut WeightStore,
+        tied: bool,
+        embed_name: &str,
+        hidden: usize,
+        vocab: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        if tied {
+            store.skip("lm_head.weight");
+            let w = store.read_f32(embed_name, &[vocab, hidden])?;
+            Ok(Self::from_pytorch(w, hidden, vocab, device))
+        } else {
+            Self::load(store, "lm_head", hidden, vocab, false, device)
+        }
+    }
+
     /// Loads a fused `{prefix}.weight` (`[sum(parts), in]`, e.g. Phi-3's `qkv_proj`) as one
     /// layer per block of rows, in order.
     pub fn load_split(
