@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use kiln::{Device, Encoder, Error, Pooling};
 use serde::Deserialize;
 
@@ -120,4 +122,53 @@ fn encoder_errors_are_typed() {
         matches!(err, Error::UnsupportedArchitecture { .. }),
         "{err}"
     );
+}
+
+#[derive(Deserialize)]
+struct TinyReference {
+    texts: Vec<String>,
+    pooled: std::collections::HashMap<String, Vec<Vec<f32>>>,
+}
+
+/// A tiny random BERT (tools/make_fixtures.py) under each sentence-transformers pooling mode,
+/// on every backend, against transformers' hidden states pooled over a padded batch.
+#[test]
+fn tiny_bert_pools_like_the_reference() {
+    let src = common::fixtures_dir().join("bert-f32");
+    let reference: TinyReference = serde_json::from_str(
+        &std::fs::read_to_string(src.join("expected_embeddings.json")).unwrap(),
+    )
+    .unwrap();
+    for (mode, pooling) in [
+        ("mean", Pooling::Mean),
+        ("cls", Pooling::Cls),
+        ("max", Pooling::Max),
+    ] {
+        let dir = common::TempDir::copy_of(&src, mode);
+        std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+        let cfg = serde_json::json!({
+            "word_embedding_dimension": 32,
+            "pooling_mode_cls_token": mode == "cls",
+            "pooling_mode_mean_tokens": mode == "mean",
+            "pooling_mode_max_tokens": mode == "max",
+        });
+        std::fs::write(dir.path().join("1_Pooling/config.json"), cfg.to_string()).unwrap();
+        for device in common::devices() {
+            let encoder = Encoder::load(dir.path(), &device).unwrap();
+            assert_eq!(encoder.pooling(), pooling);
+            assert!(
+                !encoder.normalizes(),
+                "modules.json has no Normalize module"
+            );
+            let got = encoder.embed(&reference.texts).unwrap();
+            for (i, (g, r)) in got.iter().zip(&reference.pooled[mode]).enumerate() {
+                let diff = common::max_abs_diff(g, r);
+                assert!(
+                    diff < 1e-4,
+                    "{mode} on {}: text {i} differs by {diff}",
+                    device.name()
+                );
+            }
+        }
+    }
 }

@@ -264,6 +264,57 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
           f"mean_nll {float(nll.mean()):.4f}", file=sys.stderr)
 
 
+ENCODER_TEXTS = ["The cat sits on the mat.", "a", "naïve café 🦀 " * 5,
+                 "Stock markets fell sharply on Tuesday, then recovered."]
+
+
+def build_bert(out_root):
+    """A tiny random BERT with sentence-transformers files, and its pooled embeddings for a
+    padded batch under each pooling mode (mean, cls, max), not normalised."""
+    out = os.path.join(out_root, "bert-f32")
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(os.path.join(out, "1_Pooling"))
+    tok_json = llama_tokenizer()
+    tok_path = os.path.join(out, "tokenizer.json")
+    json.dump(tok_json, open(tok_path, "w"), ensure_ascii=False)
+    vocab = len(tok_json["model"]["vocab"])
+    cfg = transformers.AutoConfig.for_model(
+        "bert", vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
+        initializer_range=0.15, pad_token_id=0)
+    torch.manual_seed(18)
+    model = transformers.AutoModel.from_config(cfg, add_pooling_layer=False).eval()
+    gen = torch.Generator().manual_seed(18)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith(".bias"):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(out)
+    json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+              open(os.path.join(out, "modules.json"), "w"), indent=1)
+    json.dump({"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+               "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+               "pooling_mode_mean_sqrt_len_tokens": False},
+              open(os.path.join(out, "1_Pooling", "config.json"), "w"), indent=1)
+    tok = PreTrainedTokenizerFast(tokenizer_file=tok_path, pad_token="<unk>")
+    enc = tok(ENCODER_TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = {
+        "mean": ((hidden * mask).sum(1) / mask.sum(1)).tolist(),
+        "cls": hidden[:, 0].tolist(),
+        "max": hidden.masked_fill(mask == 0, -1e9).max(1).values.tolist(),
+    }
+    json.dump({"reference": f"transformers {transformers.__version__}, float32",
+               "texts": ENCODER_TEXTS, "token_counts": enc["attention_mask"].sum(1).tolist(),
+               "pooled": pooled},
+              open(os.path.join(out, "expected_embeddings.json"), "w"), ensure_ascii=False)
+    print(f"bert-f32: vocab {vocab}, tokens {enc['attention_mask'].sum(1).tolist()}", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
@@ -277,6 +328,8 @@ def main():
         if args.only and name not in args.only:
             continue
         build(name, spec, args.out, args.seed_offset, args.full_vocab)
+    if not args.only or "bert-f32" in args.only:
+        build_bert(args.out)
 
 
 if __name__ == "__main__":

@@ -105,11 +105,20 @@ impl TempDir {
 
     /// A copy of a fixture folder.
     pub fn copy_of(src: &Path, tag: &str) -> Self {
-        let t = Self::new(tag);
-        for e in std::fs::read_dir(src).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), t.0.join(e.file_name())).unwrap();
+        fn copy(src: &Path, dst: &Path) {
+            std::fs::create_dir_all(dst).unwrap();
+            for e in std::fs::read_dir(src).unwrap() {
+                let e = e.unwrap();
+                let to = dst.join(e.file_name());
+                if e.path().is_dir() {
+                    copy(&e.path(), &to);
+                } else {
+                    std::fs::copy(e.path(), to).unwrap();
+                }
+            }
         }
+        let t = Self::new(tag);
+        copy(src, &t.0);
         t
     }
 
