@@ -149,6 +149,13 @@ pub enum Error {
         message: String,
     },
 
+    /// A chat template failed to compile, or raised (its `raise_exception` message).
+    #[error("chat template: {message}")]
+    ChatTemplate {
+        /// The template's own message, or the syntax error.
+        message: String,
+    },
+
     /// Downloading from the Hugging Face hub failed (feature `hub`).
     #[error("hub download of {repo}: {message}")]
     Hub {

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod device;
 pub mod encoder;
 pub mod error;
@@ -39,6 +40,7 @@ pub mod nn;
 pub mod session;
 pub mod tokenizer;
 
+pub use chat::{ChatTemplate, Message};
 pub use device::{BackendKind, Device};
 pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
