@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use minijinja::value::Serde;
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
@@ -154,29 +155,43 @@ impl ChatTemplate {
     }
 
     /// Renders `messages` (plus `tools` and any extra variables) as transformers'
-    /// `apply_chat_template(..., tokenize=False)` does. A template that raises is
+    /// `apply_chat_template(..., tokenize=False)` does. Messages are anything serializable to
+    /// the JSON objects templates expect: [`Message`] for plain text turns, or
+    /// `serde_json::Value` for tool calls and other fields. A template that raises is
     /// [`Error::ChatTemplate`] carrying its message.
-    pub fn render(
+    pub fn render<M: Serialize>(
         &self,
-        messages: &[Message],
+        messages: &[M],
         add_generation_prompt: bool,
         tools: Option<&serde_json::Value>,
         extra: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<String> {
+        let messages = serde_json::to_value(messages).map_err(|e| Error::ChatTemplate {
+            message: format!("messages cannot be passed to the template: {e}"),
+        })?;
         let mut ctx = serde_json::Map::new();
+        ctx.insert("bos_token".into(), self.bos_token.clone().into());
+        ctx.insert("eos_token".into(), self.eos_token.clone().into());
         if let Some(extra) = extra {
             ctx.extend(extra.clone());
         }
-        ctx.insert("messages".into(), serde_json::to_value(messages).unwrap_or_default());
+        ctx.insert("messages".into(), messages);
+        // transformers always passes `tools` (None when there are none).
+        ctx.insert("tools".into(), tools.cloned().unwrap_or(serde_json::Value::Null));
+        ctx.insert("documents".into(), serde_json::Value::Null);
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
-        ctx.insert("bos_token".into(), self.bos_token.clone().into());
-        ctx.insert("eos_token".into(), self.eos_token.clone().into());
-        if let Some(t) = tools {
-            ctx.insert("tools".into(), t.clone());
-        }
         let tmpl = self.env.get_template("chat").map_err(template_error)?;
-        tmpl.render(Value::from_serialize(&ctx))
-            .map_err(template_error)
+        tmpl.render(Value::from(Serde(&ctx))).map_err(template_error)
+    }
+
+    /// The BOS token text the template sees.
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    /// The EOS token text the template sees.
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 }
 
@@ -340,7 +355,7 @@ mod tests {
 
     #[test]
     fn tojson_matches_python() {
-        let v = Value::from_serialize(serde_json::json!({"a": [1, 2.0, "é"], "b": {}}));
+        let v = Value::from(Serde(serde_json::json!({"a": [1, 2.0, "é"], "b": {}})));
         let out = tojson(v.clone(), minijinja::value::Kwargs::from_iter(std::iter::empty::<(&str, Value)>())).unwrap();
         assert_eq!(out.to_string(), r#"{"a": [1, 2.0, "é"], "b": {}}"#);
         let out = tojson(v, minijinja::value::Kwargs::from_iter([("indent", Value::from(2))])).unwrap();
@@ -350,7 +365,7 @@ mod tests {
     #[test]
     fn raise_exception_is_a_typed_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
-        let err = t.render(&[], false, None, None).unwrap_err();
+        let err = t.render::<Message>(&[], false, None, None).unwrap_err();
         assert!(matches!(&err, Error::ChatTemplate { message } if message == "no system role"), "{err}");
     }
 }

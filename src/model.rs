@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use burn::tensor::{activation, Int, Tensor, TensorData};
 
+use serde::Serialize;
+
+use crate::chat::ChatTemplate;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::loading::{GenerationDefaults, WeightStore};
+use crate::generation::GenerationConfig;
 use crate::models::{self, CausalLm, LogitsFor};
 use crate::nn::KvCache;
 use crate::session::Session;
@@ -29,6 +33,9 @@ pub struct Model {
 struct Inner {
     lm: Box<dyn CausalLm>,
     tokenizer: Option<Tokenizer>,
+    /// The folder's chat template; a template that does not compile is kept as its error
+    /// message and reported when chat is used (the model still loads for plain text).
+    chat_template: std::result::Result<Option<ChatTemplate>, String>,
     defaults: GenerationDefaults,
     eos: Vec<u32>,
     device: Device,
@@ -67,6 +74,14 @@ impl Model {
             );
             None
         };
+        let chat_template = match ChatTemplate::from_dir(dir) {
+            Ok(t) => Ok(t),
+            Err(Error::ChatTemplate { message }) => {
+                tracing::warn!("the chat template does not compile: {message}");
+                Err(message)
+            }
+            Err(e) => return Err(e),
+        };
         let defaults = GenerationDefaults::load(dir)?;
         let eos = match &defaults.eos_token_id {
             Some(e) => e.to_vec(),
@@ -83,6 +98,7 @@ impl Model {
             inner: Arc::new(Inner {
                 lm,
                 tokenizer,
+                chat_template,
                 defaults,
                 eos,
                 device: device.clone(),
@@ -120,6 +136,63 @@ impl Model {
     /// Token ids that end generation.
     pub fn eos_token_ids(&self) -> &[u32] {
         &self.inner.eos
+    }
+
+    /// The folder's chat template (`chat_template.jinja`, or `chat_template` in
+    /// `tokenizer_config.json`); [`Error::ChatTemplate`] when it has none or it does not compile.
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        match &self.inner.chat_template {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(Error::ChatTemplate {
+                message: format!(
+                    "{} has no chat template (neither chat_template.jinja nor a chat_template \
+                     entry in tokenizer_config.json)",
+                    self.inner.dir.display()
+                ),
+            }),
+            Err(message) => Err(Error::ChatTemplate {
+                message: message.clone(),
+            }),
+        }
+    }
+
+    /// Renders `messages` with the model's chat template, as transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
+    pub fn apply_chat_template<M: Serialize>(
+        &self,
+        messages: &[M],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.chat_template()?
+            .render(messages, add_generation_prompt, None, None)
+    }
+
+    /// The token ids of a rendered conversation (with the generation prompt), encoded as
+    /// transformers does for chat: the template writes the special tokens itself, so the
+    /// tokenizer adds none.
+    pub fn chat_ids<M: Serialize>(&self, messages: &[M]) -> Result<Vec<u32>> {
+        let text = self.apply_chat_template(messages, true)?;
+        self.tokenizer()?.encode(&text, false)
+    }
+
+    /// Generation settings starting from the folder's `generation_config.json`, as transformers
+    /// reads it: `do_sample` with its `temperature`, `top_k` (50 when unset), `top_p`, `min_p`;
+    /// `repetition_penalty`; `max_new_tokens`. Without the file (or with `do_sample` off) this
+    /// is greedy decoding, like [`GenerationConfig::default`]. Override fields as needed.
+    pub fn generation_config(&self) -> GenerationConfig {
+        let d = &self.inner.defaults;
+        let mut cfg = GenerationConfig::default();
+        if d.do_sample == Some(true) {
+            cfg.temperature = d.temperature.unwrap_or(1.0);
+            cfg.top_k = Some(d.top_k.unwrap_or(50));
+            cfg.top_p = d.top_p;
+            cfg.min_p = d.min_p;
+        }
+        cfg.repetition_penalty = d.repetition_penalty;
+        if let Some(n) = d.max_new_tokens {
+            cfg.max_new_tokens = n;
+        }
+        cfg
     }
 
     /// `generation_config.json` as found in the folder.

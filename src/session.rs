@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Generator};
 use crate::model::Model;
@@ -56,9 +58,58 @@ impl Session {
         self.generate_ids(&ids, cfg)
     }
 
+    /// Continues a conversation: renders `messages` with the model's chat template (with the
+    /// generation prompt) and generates the assistant's reply. The cache is reused for the
+    /// longest prefix the new rendering shares with what the session already holds, so a
+    /// second turn (earlier messages, the reply, a new user message) runs only its new tokens;
+    /// a conversation that changed earlier on is re-run from where it differs.
+    ///
+    /// `messages` are [`Message`](crate::Message)s or any serializable JSON objects the
+    /// template understands (e.g. `serde_json::Value` with tool calls).
+    pub fn chat<M: Serialize>(
+        &mut self,
+        messages: &[M],
+        cfg: &GenerationConfig,
+    ) -> Result<Generator<'_>> {
+        let ids = self.model.chat_ids(messages)?;
+        if ids.is_empty() {
+            return Err(Error::invalid_arg(
+                "messages",
+                "the chat template rendered them as no tokens",
+            ));
+        }
+        let shared = self
+            .tokens
+            .iter()
+            .zip(&ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.rewind(shared);
+        self.generate_ids(&ids[shared..], cfg)
+    }
+
+    /// Forgets every token from position `len` on (prompt or generated), keeping the cache for
+    /// the positions before it.
+    pub fn rewind(&mut self, len: usize) {
+        self.tokens.truncate(len);
+        self.cache.truncate(len);
+    }
+
     /// Appends `ids` to the sequence and starts generating after them.
     pub fn generate_ids(&mut self, ids: &[u32], cfg: &GenerationConfig) -> Result<Generator<'_>> {
         cfg.validate()?;
+        let vocab = self.model.vocab_size();
+        if let Some(&id) = cfg
+            .logit_bias
+            .keys()
+            .chain(&cfg.stop_token_ids)
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
         if ids.is_empty() && self.tokens.is_empty() {
             return Err(Error::invalid_arg(
                 "prompt",
@@ -70,14 +121,15 @@ impl Session {
         self.tokens.extend_from_slice(ids);
         // The text decoder starts after a few tokens of context (see IncrementalDecoder).
         let context_start = self.tokens.len().saturating_sub(4);
+        let cached = self.cache.len().min(before);
         let t0 = Instant::now();
         let logits = self
             .run_pending()
             .inspect_err(|_| self.tokens.truncate(before))?;
         let prefill_s = t0.elapsed().as_secs_f64();
-        let prompt_tokens = ids.len();
+        let prompt_tokens = self.tokens.len() - cached;
         let decoder_context = self.tokens[context_start..].to_vec();
-        Generator::new(self, cfg, logits, decoder_context, prompt_tokens, prefill_s)
+        Generator::new(self, cfg, logits, decoder_context, prompt_tokens, cached, prefill_s)
     }
 
     /// Appends `ids` to the sequence, runs them through the model (reusing the cache) and

@@ -24,6 +24,96 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
+/// Sampling flags of `generate` and `chat`. Unset flags keep the model's
+/// generation_config.json defaults (greedy when it has none).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate (default 128, or the model's max_new_tokens).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k filtering (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus (top-p) filtering.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Min-p filtering.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty (transformers' semantics; 1 = off).
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Presence penalty (OpenAI's semantics, over the generated tokens).
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// Frequency penalty (OpenAI's semantics, over the generated tokens).
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    /// Logit bias as ID=BIAS (repeatable), e.g. --logit-bias 13=-100.
+    #[arg(long, value_name = "ID=BIAS")]
+    pub logit_bias: Vec<String>,
+    /// Sampling seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop string (repeatable); it is not part of the output.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Stop token id (repeatable), besides the model's EOS ids.
+    #[arg(long)]
+    pub stop_token: Vec<u32>,
+    /// Keep going past end-of-sequence.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    /// The model's defaults with every given flag applied.
+    pub fn config(&self, model: &kiln::Model) -> kiln::Result<kiln::GenerationConfig> {
+        let mut cfg = model.generation_config();
+        if let Some(n) = self.max_new_tokens {
+            cfg.max_new_tokens = n;
+        }
+        if let Some(t) = self.temperature {
+            cfg.temperature = t;
+        }
+        if self.top_k.is_some() {
+            cfg.top_k = self.top_k;
+        }
+        if self.top_p.is_some() {
+            cfg.top_p = self.top_p;
+        }
+        if self.min_p.is_some() {
+            cfg.min_p = self.min_p;
+        }
+        if self.repeat_penalty.is_some() {
+            cfg.repetition_penalty = self.repeat_penalty;
+        }
+        cfg.presence_penalty = self.presence_penalty;
+        cfg.frequency_penalty = self.frequency_penalty;
+        for item in &self.logit_bias {
+            let bad = || kiln::Error::InvalidArgument {
+                name: "--logit-bias".into(),
+                message: format!("expected ID=BIAS (e.g. 13=-100), got {item:?}"),
+            };
+            let (id, bias) = item.split_once('=').ok_or_else(bad)?;
+            let id: u32 = id.trim().parse().map_err(|_| bad())?;
+            let bias: f32 = bias.trim().parse().map_err(|_| bad())?;
+            cfg.logit_bias.insert(id, bias);
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        cfg.stop.extend(self.stop.iter().cloned());
+        cfg.stop_token_ids.extend(self.stop_token.iter().copied());
+        cfg.ignore_eos = self.ignore_eos;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// The checkpoint used when no --model is given.
 pub fn default_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-f32")

@@ -1,11 +1,17 @@
 //! What to generate and how to pick tokens.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
+use crate::generation::LogitsProcessor;
 
 /// Settings for one `generate` call. Builder-style: `GenerationConfig::default().max_new_tokens(64)`.
 ///
 /// The default is greedy decoding of up to 128 tokens that stops at the model's EOS.
-#[derive(Debug, Clone, PartialEq)]
+/// [`Model::generation_config`](crate::Model::generation_config) starts instead from the
+/// defaults the model folder's `generation_config.json` recommends.
+#[derive(Clone)]
 pub struct GenerationConfig {
     /// Most tokens to generate.
     pub max_new_tokens: usize,
@@ -19,12 +25,47 @@ pub struct GenerationConfig {
     pub min_p: Option<f32>,
     /// CTRL-style repetition penalty on tokens already in the sequence (`None` or 1: off).
     pub repetition_penalty: Option<f32>,
+    /// OpenAI's presence penalty: subtracted once from every token already generated in
+    /// this call (`None` or 0: off).
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's frequency penalty: subtracted per occurrence in this call's output.
+    pub frequency_penalty: Option<f32>,
+    /// Added to the scores of these token ids before anything else (OpenAI's `logit_bias`;
+    /// -100 or less effectively bans a token).
+    pub logit_bias: BTreeMap<u32, f32>,
+    /// The caller's own processors, run after the penalties and before temperature and the
+    /// filters (also under greedy decoding).
+    pub processors: Vec<Arc<dyn LogitsProcessor>>,
     /// Random seed for sampling (fixed seed: reproducible output).
     pub seed: u64,
     /// Stop when any of these strings appears in the generated text (not included in it).
     pub stop: Vec<String>,
+    /// Stop after any of these token ids too (besides the model's EOS ids); the token is
+    /// generated but its text is not emitted, and the finish reason is `Stop`.
+    pub stop_token_ids: Vec<u32>,
     /// Keep generating past the end-of-sequence token.
     pub ignore_eos: bool,
+}
+
+impl std::fmt::Debug for GenerationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationConfig")
+            .field("max_new_tokens", &self.max_new_tokens)
+            .field("temperature", &self.temperature)
+            .field("top_k", &self.top_k)
+            .field("top_p", &self.top_p)
+            .field("min_p", &self.min_p)
+            .field("repetition_penalty", &self.repetition_penalty)
+            .field("presence_penalty", &self.presence_penalty)
+            .field("frequency_penalty", &self.frequency_penalty)
+            .field("logit_bias", &self.logit_bias)
+            .field("processors", &self.processors.len())
+            .field("seed", &self.seed)
+            .field("stop", &self.stop)
+            .field("stop_token_ids", &self.stop_token_ids)
+            .field("ignore_eos", &self.ignore_eos)
+            .finish()
+    }
 }
 
 impl Default for GenerationConfig {
@@ -36,8 +77,13 @@ impl Default for GenerationConfig {
             top_p: None,
             min_p: None,
             repetition_penalty: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            logit_bias: BTreeMap::new(),
+            processors: Vec::new(),
             seed: 299_792_458,
             stop: Vec::new(),
+            stop_token_ids: Vec::new(),
             ignore_eos: false,
         }
     }
@@ -82,6 +128,37 @@ impl GenerationConfig {
     /// Sets the repetition penalty.
     pub fn repetition_penalty(mut self, r: f32) -> Self {
         self.repetition_penalty = Some(r);
+        self
+    }
+
+    /// Sets the presence penalty.
+    pub fn presence_penalty(mut self, p: f32) -> Self {
+        self.presence_penalty = Some(p);
+        self
+    }
+
+    /// Sets the frequency penalty.
+    pub fn frequency_penalty(mut self, p: f32) -> Self {
+        self.frequency_penalty = Some(p);
+        self
+    }
+
+    /// Adds `bias` to token `id`'s score.
+    pub fn logit_bias(mut self, id: u32, bias: f32) -> Self {
+        self.logit_bias.insert(id, bias);
+        self
+    }
+
+    /// Adds a processor of the caller's: any `Fn(&mut [f32], &[u32])` (scores, history) or
+    /// [`LogitsProcessor`].
+    pub fn processor(mut self, p: impl LogitsProcessor + 'static) -> Self {
+        self.processors.push(Arc::new(p));
+        self
+    }
+
+    /// Adds a stop token id.
+    pub fn stop_token(mut self, id: u32) -> Self {
+        self.stop_token_ids.push(id);
         self
     }
 
@@ -134,6 +211,25 @@ impl GenerationConfig {
                     format!("must be a finite number > 0, got {r}"),
                 ));
             }
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && (-2.0..=2.0).contains(&v)) {
+                    return Err(Error::invalid_arg(
+                        name,
+                        format!("must be in [-2, 2] as in the OpenAI API, got {v}"),
+                    ));
+                }
+            }
+        }
+        if let Some((id, b)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(Error::invalid_arg(
+                "logit_bias",
+                format!("bias for token {id} must be finite, got {b}"),
+            ));
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return Err(Error::invalid_arg("stop", "stop strings must not be empty"));

@@ -42,8 +42,10 @@ impl FinishReason {
 /// Timings of one generation.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GenerationStats {
-    /// Prompt tokens run before the first sample.
+    /// Prompt tokens run before the first sample (those not already in the cache).
     pub prompt_tokens: usize,
+    /// Positions already in the session's cache that this generation reused.
+    pub cached_tokens: usize,
     /// Seconds spent on them.
     pub prefill_s: f64,
     /// Tokens generated so far.
@@ -95,14 +97,16 @@ impl<'a> Generator<'a> {
         logits: Vec<f32>,
         decoder_context: Vec<u32>,
         prompt_tokens: usize,
+        cached_tokens: usize,
         prefill_s: f64,
     ) -> Result<Self> {
         let decoder = match session.model().tokenizer() {
             Ok(tok) => Some(IncrementalDecoder::new(tok, &decoder_context, true)?),
             Err(_) => None,
         };
+        let generated_from = session.tokens().len();
         Ok(Self {
-            chain: ProcessorChain::from_config(cfg),
+            chain: ProcessorChain::from_config(cfg, generated_from),
             sampler: if cfg.is_greedy() {
                 Sampler::greedy()
             } else {
@@ -115,6 +119,7 @@ impl<'a> Generator<'a> {
             finish: (cfg.max_new_tokens == 0).then_some(FinishReason::Length),
             stats: GenerationStats {
                 prompt_tokens,
+                cached_tokens,
                 prefill_s,
                 ..Default::default()
             },
@@ -156,6 +161,8 @@ impl<'a> Generator<'a> {
         let mut delta = String::new();
         if is_eos && !self.cfg.ignore_eos {
             self.finish = Some(FinishReason::Eos);
+        } else if self.cfg.stop_token_ids.contains(&id) {
+            self.finish = Some(FinishReason::Stop);
         } else if let (Some(dec), Some(tok)) = (self.decoder.as_mut(), tokenizer) {
             delta = dec.push(tok, id)?;
         }
@@ -167,15 +174,19 @@ impl<'a> Generator<'a> {
         if matched {
             self.finish = Some(FinishReason::Stop);
         } else if self.finish.is_some() {
+            // Text held back as a possible stop-string prefix is released at the end; a stop
+            // token ends the stream like EOS (its own text is not emitted).
+            let mut tail_matched = false;
             if let (Some(dec), Some(tok)) = (self.decoder.as_mut(), tokenizer) {
                 let tail = dec.flush(tok)?;
                 let (more, matched) = self.stop.push(&tail);
                 text.push_str(&more);
                 if matched {
                     self.finish = Some(FinishReason::Stop);
+                    tail_matched = true;
                 }
             }
-            if self.finish != Some(FinishReason::Stop) {
+            if !tail_matched {
                 text.push_str(&self.stop.flush());
             }
         }

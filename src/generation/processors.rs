@@ -1,13 +1,43 @@
-//! Logits processors: each rewrites the next-token scores in place, in a fixed chain
-//! (repetition penalty → temperature → top-k → top-p → min-p), as transformers orders them.
+//! Logits processors: each rewrites the next-token scores in place. The chain runs in a fixed
+//! order, transformers' where it has one: logit bias → repetition penalty → presence/frequency
+//! penalties → the caller's processors → (sampling only) temperature → top-k → top-p → min-p.
 //! Filtered tokens get `-inf`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::generation::GenerationConfig;
 
 /// One step of the chain.
-pub trait LogitsProcessor: Send + Sync + std::fmt::Debug {
-    /// Rewrites `logits` (one score per vocabulary entry); `history` is every token so far.
+pub trait LogitsProcessor: Send + Sync {
+    /// Rewrites `logits` (one score per vocabulary entry); `history` is every token of the
+    /// sequence so far (prompt and generated).
     fn process(&self, logits: &mut [f32], history: &[u32]);
+}
+
+impl<F> LogitsProcessor for F
+where
+    F: Fn(&mut [f32], &[u32]) + Send + Sync,
+{
+    fn process(&self, logits: &mut [f32], history: &[u32]) {
+        self(logits, history)
+    }
+}
+
+/// Adds a fixed bias to chosen tokens (OpenAI's `logit_bias`; transformers' `sequence_bias`
+/// for one-token sequences). Ids outside the vocabulary are ignored here and rejected by
+/// `Session::generate`.
+#[derive(Debug, Clone)]
+pub struct LogitBias(pub BTreeMap<u32, f32>);
+
+impl LogitsProcessor for LogitBias {
+    fn process(&self, logits: &mut [f32], _: &[u32]) {
+        for (&id, &b) in &self.0 {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += b;
+            }
+        }
+    }
 }
 
 /// CTRL repetition penalty: scores of tokens already seen are divided by `penalty` when
@@ -26,6 +56,32 @@ impl LogitsProcessor for RepetitionPenalty {
         for (l, s) in logits.iter_mut().zip(seen) {
             if s {
                 *l = if *l > 0.0 { *l / self.0 } else { *l * self.0 };
+            }
+        }
+    }
+}
+
+/// OpenAI's presence and frequency penalties over the tokens generated in this call (the
+/// history from `from` on): `score -= presence * [count > 0] + frequency * count`.
+#[derive(Debug, Clone)]
+pub struct PresenceFrequencyPenalty {
+    /// Subtracted once from every token that was generated.
+    pub presence: f32,
+    /// Subtracted per occurrence.
+    pub frequency: f32,
+    /// Where the generated tokens start in the history.
+    pub from: usize,
+}
+
+impl LogitsProcessor for PresenceFrequencyPenalty {
+    fn process(&self, logits: &mut [f32], history: &[u32]) {
+        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+        for &t in history.get(self.from..).unwrap_or_default() {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (t, c) in counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= self.frequency * c as f32 + self.presence;
             }
         }
     }
@@ -60,30 +116,30 @@ impl LogitsProcessor for TopK {
     }
 }
 
-/// Nucleus filtering: keeps the most likely tokens whose cumulative probability reaches `p`
-/// (at least one token is always kept).
+/// Nucleus filtering as transformers does it: sorts the scores ascending and drops the
+/// tokens whose cumulative probability from the bottom is at most `1 - p` (the most likely
+/// token is always kept).
 #[derive(Debug, Clone)]
 pub struct TopP(pub f32);
 
 impl LogitsProcessor for TopP {
     fn process(&self, logits: &mut [f32], _: &[u32]) {
-        if self.0 >= 1.0 {
+        if self.0 >= 1.0 || logits.is_empty() {
             return;
         }
-        let probs = softmax(logits);
         let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_unstable_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        order.sort_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+        let sorted: Vec<f32> = order.iter().map(|&i| logits[i]).collect();
+        let probs = softmax(&sorted);
+        let threshold = 1.0 - self.0;
         let mut cum = 0.0f32;
-        let mut keep = order.len();
-        for (rank, &i) in order.iter().enumerate() {
-            cum += probs[i];
-            if cum >= self.0 {
-                keep = rank + 1;
+        for (rank, &i) in order.iter().enumerate().take(order.len() - 1) {
+            cum += probs[rank];
+            if cum <= threshold {
+                logits[i] = f32::NEG_INFINITY;
+            } else {
                 break;
             }
-        }
-        for &i in &order[keep..] {
-            logits[i] = f32::NEG_INFINITY;
         }
     }
 }
@@ -106,38 +162,58 @@ impl LogitsProcessor for MinP {
 }
 
 /// The processors a [`GenerationConfig`] asks for, in order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ProcessorChain {
-    steps: Vec<Box<dyn LogitsProcessor>>,
+    steps: Vec<Arc<dyn LogitsProcessor>>,
+}
+
+impl std::fmt::Debug for ProcessorChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProcessorChain({} steps)", self.steps.len())
+    }
 }
 
 impl ProcessorChain {
-    /// Builds the chain for `cfg` (greedy decoding skips temperature and the filters, which
-    /// cannot change the argmax).
-    pub fn from_config(cfg: &GenerationConfig) -> Self {
-        let mut steps: Vec<Box<dyn LogitsProcessor>> = Vec::new();
-        if let Some(r) = cfg.repetition_penalty.filter(|r| *r != 1.0) {
-            steps.push(Box::new(RepetitionPenalty(r)));
+    /// Builds the chain for `cfg`; the tokens of the history from `generated_from` on are the
+    /// ones this generation produced (for the presence/frequency penalties). Greedy decoding
+    /// skips temperature and the filters, which cannot change the argmax.
+    pub fn from_config(cfg: &GenerationConfig, generated_from: usize) -> Self {
+        let mut steps: Vec<Arc<dyn LogitsProcessor>> = Vec::new();
+        if !cfg.logit_bias.is_empty() {
+            steps.push(Arc::new(LogitBias(cfg.logit_bias.clone())));
         }
+        if let Some(r) = cfg.repetition_penalty.filter(|r| *r != 1.0) {
+            steps.push(Arc::new(RepetitionPenalty(r)));
+        }
+        let presence = cfg.presence_penalty.unwrap_or(0.0);
+        let frequency = cfg.frequency_penalty.unwrap_or(0.0);
+        if presence != 0.0 || frequency != 0.0 {
+            steps.push(Arc::new(PresenceFrequencyPenalty {
+                presence,
+                frequency,
+                from: generated_from,
+            }));
+        }
+        steps.extend(cfg.processors.iter().cloned());
         if !cfg.is_greedy() {
             if cfg.temperature != 1.0 {
-                steps.push(Box::new(Temperature(cfg.temperature)));
+                steps.push(Arc::new(Temperature(cfg.temperature)));
             }
             if let Some(k) = cfg.top_k.filter(|k| *k > 0) {
-                steps.push(Box::new(TopK(k)));
+                steps.push(Arc::new(TopK(k)));
             }
             if let Some(p) = cfg.top_p.filter(|p| *p < 1.0) {
-                steps.push(Box::new(TopP(p)));
+                steps.push(Arc::new(TopP(p)));
             }
             if let Some(p) = cfg.min_p.filter(|p| *p > 0.0) {
-                steps.push(Box::new(MinP(p)));
+                steps.push(Arc::new(MinP(p)));
             }
         }
         Self { steps }
     }
 
-    /// Appends a custom processor.
-    pub fn push(&mut self, p: Box<dyn LogitsProcessor>) {
+    /// Appends a processor.
+    pub fn push(&mut self, p: Arc<dyn LogitsProcessor>) {
         self.steps.push(p);
     }
 

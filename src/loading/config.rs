@@ -68,9 +68,15 @@ pub struct GenerationDefaults {
     /// Recommended top-p.
     #[serde(default)]
     pub top_p: Option<f32>,
+    /// Recommended min-p.
+    #[serde(default)]
+    pub min_p: Option<f32>,
     /// Recommended repetition penalty.
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Default number of new tokens.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
 }
 
 impl GenerationDefaults {

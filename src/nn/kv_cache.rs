@@ -20,6 +20,8 @@ pub struct LayerCache {
     start: usize,
     /// Absolute position after the last cached one.
     len: usize,
+    /// The sliding window this layer rolls with, if any.
+    window: Option<usize>,
 }
 
 /// Keys and values visible to a chunk of queries.
@@ -57,6 +59,7 @@ impl LayerCache {
         window: Option<usize>,
     ) -> CachedKv {
         let [b, h, new, d] = k.dims();
+        self.window = window;
         if let Some(w) = window {
             let keep_from = self.len.saturating_sub(w.saturating_sub(1));
             if keep_from >= self.start + BLOCK {
@@ -132,10 +135,20 @@ impl LayerCache {
         self.v = Some(copy(self.v.take()));
     }
 
+    /// Whether the cache can go back to `len` positions and still hold every position the
+    /// next query needs (a rolling cache may have dropped them).
+    pub fn can_truncate(&self, len: usize) -> bool {
+        let needed_from = match self.window {
+            Some(w) => len.saturating_sub(w.saturating_sub(1)),
+            None => 0,
+        };
+        len >= self.len || needed_from >= self.start || self.len == 0
+    }
+
     /// Forgets positions from `len` on (the buffer is kept). Going back past what a rolling
     /// cache has dropped empties it.
     pub fn truncate(&mut self, len: usize) {
-        if len < self.start {
+        if !self.can_truncate(len) {
             *self = Self::default();
         } else {
             self.len = self.len.min(len);
@@ -179,9 +192,15 @@ impl KvCache {
         &mut self.layers[i]
     }
 
-    /// Forgets positions from `len` on.
+    /// Forgets positions from `len` on. When a rolling (sliding-window) layer has already
+    /// dropped positions that queries from `len` on would need, the whole cache is emptied
+    /// (every layer must hold the same positions), and the caller re-runs the sequence.
     pub fn truncate(&mut self, len: usize) {
-        self.layers.iter_mut().for_each(|l| l.truncate(len));
+        if self.layers.iter().all(|l| l.can_truncate(len)) {
+            self.layers.iter_mut().for_each(|l| l.truncate(len));
+        } else {
+            self.clear();
+        }
     }
 
     /// Forgets everything.

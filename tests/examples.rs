@@ -1,0 +1,160 @@
+//! The `chat` and `generate` examples as scripts use them (../shared/EXAMPLES.md): exact
+//! `--render-only` output, `--json` fields, and one-line errors with status 1.
+//! `cargo test` builds the examples next to the test binaries (target/<profile>/examples).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use kiln::{Device, GenerationConfig, Message, Model};
+use serde_json::Value;
+
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{} not built (cargo test builds examples)", bin.display());
+    let mut c = Command::new(bin);
+    c.env("RUST_LOG", "off");
+    c
+}
+
+fn shared_template(name: &str) -> String {
+    std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/chat-templates").join(name),
+    )
+    .unwrap()
+}
+
+fn stderr_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).trim().to_string()
+}
+
+/// --render-only prints exactly transformers' rendering (no newline added) without weights.
+#[test]
+fn chat_render_only_is_exact() {
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures_dir().join("chat_templates.json")).unwrap(),
+    )
+    .unwrap();
+    let case = cases
+        .iter()
+        .find(|c| c["template"] == "Qwen-Qwen2.5-7B-Instruct.jinja" && c["conversation"] == "multi_turn")
+        .unwrap();
+    let dir = common::TempDir::new("render-only");
+    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("Qwen-Qwen2.5-7B-Instruct.jinja")).unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    let messages = dir.path().join("messages.json");
+    std::fs::write(&messages, case["messages"].to_string()).unwrap();
+    let out = example("chat")
+        .arg("--model")
+        .arg(dir.path())
+        .arg("--messages")
+        .arg(&messages)
+        .arg("--render-only")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), case["expected"].as_str().unwrap());
+
+    // A template that raises: status 1, its message on stderr.
+    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("google-gemma-2-2b-it.jinja")).unwrap();
+    std::fs::write(&messages, r#"[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]"#).unwrap();
+    let out = example("chat")
+        .arg("--model")
+        .arg(dir.path())
+        .arg("--messages")
+        .arg(&messages)
+        .arg("--render-only")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = stderr_line(&out);
+    assert!(err.contains("System role not supported") && err.lines().count() == 1, "{err}");
+
+    // Not a list of messages: a clear error naming the flag.
+    std::fs::write(&messages, r#"{"role": "user"}"#).unwrap();
+    let out = example("chat")
+        .arg("--model")
+        .arg(dir.path())
+        .arg("--messages")
+        .arg(&messages)
+        .arg("--render-only")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_line(&out).contains("--messages"), "{}", stderr_line(&out));
+}
+
+/// `chat --messages --json` and `generate --chat --json` answer as the library does.
+#[test]
+fn chat_and_generate_chat_json() {
+    let (_, src, _) = common::fixtures().into_iter().find(|(n, _, _)| n == "llama-f32").unwrap();
+    let dir = common::TempDir::copy_of(&src, "chat-json");
+    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("Qwen-Qwen2.5-7B-Instruct.jinja")).unwrap();
+    let model = Model::load(dir.path(), &Device::cpu()).unwrap();
+    let cfg = GenerationConfig::default().max_new_tokens(5).ignore_eos(true);
+    let msgs = [Message::user("Hi there")];
+    let mut session = model.session();
+    let want: Vec<u32> = session.chat(&msgs, &cfg).unwrap().map(|t| t.unwrap().id).collect();
+    let prompt = model.chat_ids(&msgs).unwrap();
+
+    let messages = dir.path().join("messages.json");
+    std::fs::write(&messages, serde_json::to_string(&msgs).unwrap()).unwrap();
+    let out = example("chat")
+        .arg("--model")
+        .arg(dir.path())
+        .args(["--json", "--max-new-tokens", "5", "--ignore-eos", "--messages"])
+        .arg(&messages)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generated_tokens"], serde_json::json!(want));
+    assert_eq!(v["prompt_tokens"], serde_json::json!(prompt));
+    assert_eq!(v["finish_reason"], "length");
+
+    let out = example("generate")
+        .arg("--model")
+        .arg(dir.path())
+        .args(["--json", "--chat", "--max-new-tokens", "5", "--ignore-eos", "--prompt", "Hi there"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["generated_tokens"], serde_json::json!(want));
+    assert_eq!(v["prompt_tokens"], serde_json::json!(prompt));
+
+    // Sampling flags reach the sampler: a stop token ends with "stop".
+    let out = example("generate")
+        .arg("--model")
+        .arg(dir.path())
+        .args(["--json", "--chat", "--max-new-tokens", "5", "--ignore-eos", "--prompt", "Hi there"])
+        .args(["--stop-token", &want[1].to_string()])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["finish_reason"], "stop");
+    let first = want.iter().position(|&t| t == want[1]).unwrap();
+    assert_eq!(v["generated_tokens"], serde_json::json!(want[..=first]));
+
+    // Bad flag values are one-line errors with status 1.
+    for bad in [["--logit-bias", "7"], ["--top-p", "1.5"], ["--presence-penalty", "9"]] {
+        let out = example("generate")
+            .arg("--model")
+            .arg(dir.path())
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = stderr_line(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(bad[0].trim_start_matches("--").replace('-', "_").as_str()) || err.contains(bad[0]), "{err}");
+    }
+}
