@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod chat;
 pub mod device;
 pub mod encoder;
@@ -40,6 +41,7 @@ pub mod nn;
 pub mod session;
 pub mod tokenizer;
 
+pub use batch::BatchOutput;
 pub use chat::{ChatTemplate, Message};
 pub use device::{BackendKind, Device};
 pub use encoder::{Encoder, Pooling};

@@ -12,7 +12,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::loading::{GenerationDefaults, WeightStore};
 use crate::generation::GenerationConfig;
-use crate::models::{self, CausalLm, LogitsFor};
+use crate::models::{self, CausalLm, Input, LogitsFor};
 use crate::nn::KvCache;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -248,11 +248,28 @@ impl Model {
         Ok(())
     }
 
+    /// Token ids a generation config names (logit bias, stop tokens) must be in the vocabulary.
+    pub(crate) fn check_config_ids(&self, cfg: &GenerationConfig) -> Result<()> {
+        let vocab = self.vocab_size();
+        if let Some(&id) = cfg
+            .logit_bias
+            .keys()
+            .chain(&cfg.stop_token_ids)
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        Ok(())
+    }
+
     /// Feeds `ids` after what `cache` holds, in chunks, and returns the last position's logits.
     pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let mut last = None;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            last = Some(self.lm().forward(chunk, cache, LogitsFor::Last)?);
+            last = Some(self.lm().forward(Input::single(chunk), cache, LogitsFor::Last)?);
         }
         let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
         to_vec(last)
@@ -268,7 +285,7 @@ impl Model {
         let vocab = self.vocab_size();
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let flat = to_vec(self.lm().forward(chunk, &mut cache, LogitsFor::All)?)?;
+            let flat = to_vec(self.lm().forward(Input::single(chunk), &mut cache, LogitsFor::All)?)?;
             rows.extend(flat.chunks(vocab).map(<[f32]>::to_vec));
         }
         Ok(rows)
@@ -289,7 +306,7 @@ impl Model {
         let mut out = Vec::with_capacity(ids.len() - 1);
         let mut start = 0;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let logits = self.lm().forward(chunk, &mut cache, LogitsFor::All)?;
+            let logits = self.lm().forward(Input::single(chunk), &mut cache, LogitsFor::All)?;
             let n = chunk.len().min(ids.len() - 1 - start);
             if n > 0 {
                 let [_, vocab] = logits.dims();

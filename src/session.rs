@@ -98,18 +98,7 @@ impl Session {
     /// Appends `ids` to the sequence and starts generating after them.
     pub fn generate_ids(&mut self, ids: &[u32], cfg: &GenerationConfig) -> Result<Generator<'_>> {
         cfg.validate()?;
-        let vocab = self.model.vocab_size();
-        if let Some(&id) = cfg
-            .logit_bias
-            .keys()
-            .chain(&cfg.stop_token_ids)
-            .find(|&&id| id as usize >= vocab)
-        {
-            return Err(Error::TokenOutOfRange {
-                id,
-                vocab_size: vocab,
-            });
-        }
+        self.model.check_config_ids(cfg)?;
         if ids.is_empty() && self.tokens.is_empty() {
             return Err(Error::invalid_arg(
                 "prompt",

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::generation::{GenerationConfig, ProcessorChain, Sampler, StopMatcher};
+use crate::model::Model;
 use crate::session::Session;
 use crate::tokenizer::IncrementalDecoder;
 
@@ -76,35 +77,31 @@ fn rate(n: usize, s: f64) -> f64 {
     }
 }
 
-/// Streams tokens from a [`Session`]. Each item is one token with its text delta; iteration
-/// ends at EOS (unless ignored), a stop string, `max_new_tokens` or a full context.
-pub struct Generator<'a> {
-    session: &'a mut Session,
+/// The per-sequence part of decoding: processors, sampler, stop strings and tokens, text
+/// decoding, and when to finish. A [`Generator`] drives one; batched generation one per row.
+pub(crate) struct Decoding {
     cfg: GenerationConfig,
     chain: ProcessorChain,
     sampler: Sampler,
     stop: StopMatcher,
     decoder: Option<IncrementalDecoder>,
-    logits: Option<Vec<f32>>,
-    finish: Option<FinishReason>,
-    stats: GenerationStats,
+    pub(crate) finish: Option<FinishReason>,
+    pub(crate) generated: usize,
 }
 
-impl<'a> Generator<'a> {
+impl Decoding {
+    /// `decoder_context`: the last few tokens before the first generated one (for text
+    /// decoding); `generated_from`: where the generated tokens will start in the history.
     pub(crate) fn new(
-        session: &'a mut Session,
+        model: &Model,
         cfg: &GenerationConfig,
-        logits: Vec<f32>,
-        decoder_context: Vec<u32>,
-        prompt_tokens: usize,
-        cached_tokens: usize,
-        prefill_s: f64,
+        decoder_context: &[u32],
+        generated_from: usize,
     ) -> Result<Self> {
-        let decoder = match session.model().tokenizer() {
-            Ok(tok) => Some(IncrementalDecoder::new(tok, &decoder_context, true)?),
+        let decoder = match model.tokenizer() {
+            Ok(tok) => Some(IncrementalDecoder::new(tok, decoder_context, true)?),
             Err(_) => None,
         };
-        let generated_from = session.tokens().len();
         Ok(Self {
             chain: ProcessorChain::from_config(cfg, generated_from),
             sampler: if cfg.is_greedy() {
@@ -115,48 +112,27 @@ impl<'a> Generator<'a> {
             stop: StopMatcher::new(cfg.stop.clone()),
             cfg: cfg.clone(),
             decoder,
-            logits: Some(logits),
             finish: (cfg.max_new_tokens == 0).then_some(FinishReason::Length),
-            stats: GenerationStats {
-                prompt_tokens,
-                cached_tokens,
-                prefill_s,
-                ..Default::default()
-            },
-            session,
+            generated: 0,
         })
     }
 
-    /// Why generation ended (`None` while it goes on).
-    pub fn finish_reason(&self) -> Option<FinishReason> {
-        self.finish
-    }
-
-    /// Timings so far.
-    pub fn stats(&self) -> GenerationStats {
-        self.stats
-    }
-
-    fn step(&mut self) -> Result<Token> {
-        let mut logits = match self.logits.take() {
-            Some(l) => l,
-            None => {
-                let t0 = Instant::now();
-                let l = self.session.run_pending()?;
-                self.stats.decode_s += t0.elapsed().as_secs_f64();
-                self.stats.decode_steps += 1;
-                l
-            }
-        };
-        let model = self.session.model().clone();
-        let history = self.session.tokens();
-        self.chain.process(&mut logits, history);
-        let id = self.sampler.sample(&logits);
+    /// Picks the next token from `logits` (the scores after `history`), decides whether it
+    /// ends the generation, and returns it with the text it releases. `context_used` counts
+    /// the cache slots the sequence fills before this token.
+    pub(crate) fn step(
+        &mut self,
+        model: &Model,
+        logits: &mut [f32],
+        history: &[u32],
+        context_used: usize,
+    ) -> Result<Token> {
+        self.chain.process(logits, history);
+        let id = self.sampler.sample(logits);
         let is_eos = model.eos_token_ids().contains(&id);
-        let full = history.len() + 1 >= model.max_context();
+        let full = context_used + 1 >= model.max_context();
         let tokenizer = model.tokenizer().ok();
-        self.session.push_token(id);
-        self.stats.generated_tokens += 1;
+        self.generated += 1;
 
         let mut delta = String::new();
         if is_eos && !self.cfg.ignore_eos {
@@ -166,8 +142,7 @@ impl<'a> Generator<'a> {
         } else if let (Some(dec), Some(tok)) = (self.decoder.as_mut(), tokenizer) {
             delta = dec.push(tok, id)?;
         }
-        if self.finish.is_none() && (self.stats.generated_tokens >= self.cfg.max_new_tokens || full)
-        {
+        if self.finish.is_none() && (self.generated >= self.cfg.max_new_tokens || full) {
             self.finish = Some(FinishReason::Length);
         }
         let (mut text, matched) = self.stop.push(&delta);
@@ -194,16 +169,81 @@ impl<'a> Generator<'a> {
     }
 }
 
+/// Streams tokens from a [`Session`]. Each item is one token with its text delta; iteration
+/// ends at EOS (unless ignored), a stop string or token, `max_new_tokens` or a full context.
+pub struct Generator<'a> {
+    session: &'a mut Session,
+    decoding: Decoding,
+    logits: Option<Vec<f32>>,
+    stats: GenerationStats,
+}
+
+impl<'a> Generator<'a> {
+    pub(crate) fn new(
+        session: &'a mut Session,
+        cfg: &GenerationConfig,
+        logits: Vec<f32>,
+        decoder_context: Vec<u32>,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        prefill_s: f64,
+    ) -> Result<Self> {
+        let generated_from = session.tokens().len();
+        let decoding = Decoding::new(session.model(), cfg, &decoder_context, generated_from)?;
+        Ok(Self {
+            decoding,
+            logits: Some(logits),
+            stats: GenerationStats {
+                prompt_tokens,
+                cached_tokens,
+                prefill_s,
+                ..Default::default()
+            },
+            session,
+        })
+    }
+
+    /// Why generation ended (`None` while it goes on).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.decoding.finish
+    }
+
+    /// Timings so far.
+    pub fn stats(&self) -> GenerationStats {
+        self.stats
+    }
+
+    fn step(&mut self) -> Result<Token> {
+        let mut logits = match self.logits.take() {
+            Some(l) => l,
+            None => {
+                let t0 = Instant::now();
+                let l = self.session.run_pending()?;
+                self.stats.decode_s += t0.elapsed().as_secs_f64();
+                self.stats.decode_steps += 1;
+                l
+            }
+        };
+        let model = self.session.model().clone();
+        let history = self.session.tokens();
+        let used = history.len();
+        let token = self.decoding.step(&model, &mut logits, history, used)?;
+        self.session.push_token(token.id);
+        self.stats.generated_tokens += 1;
+        Ok(token)
+    }
+}
+
 impl Iterator for Generator<'_> {
     type Item = Result<Token>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.finish.is_some() {
+        if self.decoding.finish.is_some() {
             return None;
         }
         let out = self.step();
         if out.is_err() {
-            self.finish = Some(FinishReason::Length);
+            self.decoding.finish = Some(FinishReason::Length);
         }
         Some(out)
     }
@@ -212,8 +252,8 @@ impl Iterator for Generator<'_> {
 impl std::fmt::Debug for Generator<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generator")
-            .field("cfg", &self.cfg)
-            .field("finish", &self.finish)
+            .field("cfg", &self.decoding.cfg)
+            .field("finish", &self.decoding.finish)
             .field("stats", &self.stats)
             .finish()
     }

@@ -7,6 +7,7 @@ mod sampler;
 mod stop;
 
 pub use config::GenerationConfig;
+pub(crate) use generator::Decoding;
 pub use generator::{FinishReason, GenerationStats, Generator, Token};
 pub use processors::{LogitsProcessor, ProcessorChain};
 pub use sampler::Sampler;

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RotaryEmbedding,
@@ -407,19 +407,24 @@ impl Gemma {
 }
 
 impl CausalLm for Gemma {
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
-        let seq = ids.len();
+    fn forward(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+    ) -> Result<Tensor<2>> {
+        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
         let global =
-            AttentionContext::new(Some(&self.cfg.rope_global), start, seq, group, &self.device);
+            AttentionContext::batched(Some(&self.cfg.rope_global), start, seq, pads, group, &self.device);
         let local =
-            AttentionContext::new(Some(&self.cfg.rope_local), start, seq, group, &self.device);
+            AttentionContext::batched(Some(&self.cfg.rope_local), start, seq, pads, group, &self.device);
         let h = self.cfg.hidden_size;
         let mut x = self
             .embed_tokens
-            .forward(ids, &self.device)
+            .forward_rows(input.ids, rows, &self.device)
             .mul_scalar((h as f32).sqrt());
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = if layer.sliding { &local } else { &global };

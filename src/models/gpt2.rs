@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm,
     Linear, Mlp,
@@ -252,17 +252,24 @@ fn conv1d(
 }
 
 impl CausalLm for Gpt2 {
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
-        let seq = ids.len();
+    fn forward(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+    ) -> Result<Tensor<2>> {
+        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         let start = cache.len();
         let max_len = cache.max_len();
         let d = self.cfg.n_embd;
-        let ctx = AttentionContext::new(None, start, seq, 1, &self.device);
-        let positions: Vec<i64> = (start..start + seq).map(|p| p as i64).collect();
-        let positions =
-            Tensor::<1, Int>::from_data(TensorData::new(positions, [seq]), self.device.burn());
-        let pos = self.wpe.clone().select(0, positions).reshape([1, seq, d]);
-        let mut x = self.wte.forward(ids, &self.device) + pos;
+        let ctx = AttentionContext::batched(None, start, seq, pads, 1, &self.device);
+        let positions: Vec<i64> = ctx.positions().into_iter().map(|p| p as i64).collect();
+        let positions = Tensor::<1, Int>::from_data(
+            TensorData::new(positions, [rows * seq]),
+            self.device.burn(),
+        );
+        let pos = self.wpe.clone().select(0, positions).reshape([rows, seq, d]);
+        let mut x = self.wte.forward_rows(input.ids, rows, &self.device) + pos;
         for (i, block) in self.h.iter().enumerate() {
             let a = block.attn.forward(
                 block.ln_1.forward(x.clone()),

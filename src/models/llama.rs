@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
@@ -460,13 +460,18 @@ fn load_fused(
 }
 
 impl CausalLm for Llama {
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>> {
-        let seq = ids.len();
+    fn forward(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+    ) -> Result<Tensor<2>> {
+        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let ctx = AttentionContext::new(Some(&self.rope), start, seq, group, &self.device);
-        let mut x = self.embed_tokens.forward(ids, &self.device);
+        let ctx = AttentionContext::batched(Some(&self.rope), start, seq, pads, group, &self.device);
+        let mut x = self.embed_tokens.forward_rows(input.ids, rows, &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),

@@ -24,14 +24,43 @@ pub enum LogitsFor {
     All,
 }
 
+/// The tokens of one forward pass: `rows` sequences of `seq` new tokens each, row-major, left
+/// padded (row `r`'s cache slots below `pads[r]` are padding; see
+/// [`AttentionContext`](crate::nn::AttentionContext)).
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// `rows·seq` token ids (padding slots hold any valid id).
+    pub ids: &'a [u32],
+    /// Leading padding slots of each row, counted from the start of the cache.
+    pub pads: &'a [usize],
+}
+
+impl<'a> Input<'a> {
+    /// One unpadded sequence.
+    pub fn single(ids: &'a [u32]) -> Self {
+        Self { ids, pads: &[0] }
+    }
+
+    /// Sequences in the pass.
+    pub fn rows(&self) -> usize {
+        self.pads.len()
+    }
+
+    /// New tokens per row.
+    pub fn seq(&self) -> usize {
+        self.ids.len() / self.rows().max(1)
+    }
+}
+
 /// A decoder-only language model: token ids in, next-token logits out.
 pub trait CausalLm: Send + Sync + std::fmt::Debug {
-    /// Runs `ids` (the positions after those already in `cache`) and appends them to `cache`.
+    /// Runs `input` (the slots after those already in `cache`) and appends it to `cache`.
     ///
     /// # Shapes
-    /// returns `[n, vocab]` with `n = 1` for [`LogitsFor::Last`] and `ids.len()` for
+    /// returns `[rows·n, vocab]` with `n = 1` for [`LogitsFor::Last`] and `seq` for
     /// [`LogitsFor::All`]
-    fn forward(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Result<Tensor<2>>;
+    fn forward(&self, input: Input<'_>, cache: &mut KvCache, which: LogitsFor)
+        -> Result<Tensor<2>>;
 
     /// What the model reports about itself.
     fn info(&self) -> &LmInfo;
@@ -63,20 +92,20 @@ pub struct LmInfo {
 /// The common tail of a decoder: keep the last position if asked, final norm, output head.
 ///
 /// # Shapes
-/// `x: [1, seq, hidden]` → `[n, vocab]`
+/// `x: [rows, seq, hidden]` → `[rows·n, vocab]`
 pub(crate) fn head_logits(
     x: Tensor<3>,
     which: LogitsFor,
     norm: impl FnOnce(Tensor<3>) -> Tensor<3>,
     head: &crate::nn::Linear,
 ) -> Tensor<2> {
-    let [_, seq, hidden] = x.dims();
+    let [rows, seq, hidden] = x.dims();
     let x = if which == LogitsFor::Last && seq > 1 {
-        x.slice([0..1, seq - 1..seq, 0..hidden])
+        x.slice([0..rows, seq - 1..seq, 0..hidden])
     } else {
         x
     };
-    let n = x.dims()[1];
+    let n = rows * x.dims()[1];
     let vocab = head.d_out();
     head.forward(norm(x)).reshape([n, vocab])
 }

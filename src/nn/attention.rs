@@ -65,13 +65,18 @@ pub struct Attention {
 
 /// What every layer of one forward pass shares: positions, rotary tables, and the masks built
 /// so far (layers with the same window and cache start share one).
+///
+/// A pass runs `rows` sequences of `seq` new tokens each, at cache slots `start..start+seq`.
+/// Row `r` is left-padded: its slots below `pads[r]` hold padding, which no real token
+/// attends to, and its token at slot `s` has position `s - pads[r]`.
 #[derive(Debug)]
 pub struct AttentionContext {
-    /// Position of the chunk's first token.
+    /// Cache slot of the chunk's first token.
     pub start: usize,
-    /// Tokens in the chunk.
+    /// Tokens per row in the chunk.
     pub seq: usize,
-    /// The rotary embedding with its `cos` and `sin` tables (`[1, 1, seq, rotary_dim]`), or
+    pads: Vec<usize>,
+    /// The rotary embedding with its `cos` and `sin` tables (`[rows, 1, seq, rotary_dim]`), or
     /// `None` for models with learned positions.
     rope: Option<(RotaryEmbedding, Tensor<4>, Tensor<4>)>,
     group: usize,
@@ -80,8 +85,8 @@ pub struct AttentionContext {
 }
 
 impl AttentionContext {
-    /// Builds the rotary tables (if any) for tokens `start..start+seq`; `group` is heads per
-    /// kv head.
+    /// One unpadded sequence: builds the rotary tables (if any) for tokens `start..start+seq`;
+    /// `group` is heads per kv head.
     pub fn new(
         rope: Option<&RotaryEmbedding>,
         start: usize,
@@ -89,13 +94,27 @@ impl AttentionContext {
         group: usize,
         device: &Device,
     ) -> Self {
+        Self::batched(rope, start, seq, &[0], group, device)
+    }
+
+    /// A left-padded batch: one entry of `pads` per row (see the type's docs).
+    pub fn batched(
+        rope: Option<&RotaryEmbedding>,
+        start: usize,
+        seq: usize,
+        pads: &[usize],
+        group: usize,
+        device: &Device,
+    ) -> Self {
+        let positions = positions(start, seq, pads);
         let rope = rope.map(|r| {
-            let (cos, sin) = r.tables(start, seq, device);
+            let (cos, sin) = r.tables_at(&positions, pads.len(), seq, device);
             (r.clone(), cos, sin)
         });
         Self {
             start,
             seq,
+            pads: pads.to_vec(),
             rope,
             group,
             device: device.clone(),
@@ -103,11 +122,21 @@ impl AttentionContext {
         }
     }
 
-    /// The additive mask for keys at absolute positions `first..start+seq`, or `None` when every
+    /// Sequences in the pass.
+    pub fn rows(&self) -> usize {
+        self.pads.len()
+    }
+
+    /// The position of every token of the pass, row by row (`rows·seq`; 0 for padding).
+    pub fn positions(&self) -> Vec<usize> {
+        positions(self.start, self.seq, &self.pads)
+    }
+
+    /// The additive mask for keys at cache slots `first..start+seq`, or `None` when every
     /// query sees every key.
     ///
     /// # Shapes
-    /// `[1, 1, group·seq, total]`: row `g·seq + i` is query position `start + i`
+    /// `[rows, 1, group·seq, total]`: row `g·seq + i` is the query at slot `start + i`
     pub fn mask(&self, first: usize, window: Option<usize>) -> Option<Tensor<4>> {
         self.masks
             .borrow_mut()
@@ -119,11 +148,18 @@ impl AttentionContext {
                     first,
                     window,
                     self.group,
+                    &self.pads,
                     &self.device,
                 )
             })
             .clone()
     }
+}
+
+fn positions(start: usize, seq: usize, pads: &[usize]) -> Vec<usize> {
+    pads.iter()
+        .flat_map(|&pad| (start..start + seq).map(move |s| s.saturating_sub(pad)))
+        .collect()
 }
 
 fn build_mask(
@@ -132,30 +168,41 @@ fn build_mask(
     first: usize,
     window: Option<usize>,
     group: usize,
+    pads: &[usize],
     device: &Device,
 ) -> Option<Tensor<4>> {
     let total = start + seq - first;
-    let visible = |q: usize, k: usize| k <= q && window.is_none_or(|w| q - k < w);
-    let all_visible = seq == 1 && visible(start, first);
+    // A padding query sees only itself, so that its (unused) output stays finite.
+    let visible = |pad: usize, q: usize, k: usize| {
+        if q < pad {
+            k == q
+        } else {
+            k <= q && k >= pad && window.is_none_or(|w| q - k < w)
+        }
+    };
+    let all_visible = seq == 1
+        && pads
+            .iter()
+            .all(|&pad| (first..=start).all(|k| visible(pad, start, k)));
     if all_visible {
         return None;
     }
-    let mut row = vec![0f32; seq * total];
-    for i in 0..seq {
-        for j in 0..total {
-            if !visible(start + i, first + j) {
-                row[i * total + j] = f32::NEG_INFINITY;
+    let mut m = Vec::with_capacity(pads.len() * group * seq * total);
+    for &pad in pads {
+        let mut row = vec![0f32; seq * total];
+        for i in 0..seq {
+            for j in 0..total {
+                if !visible(pad, start + i, first + j) {
+                    row[i * total + j] = f32::NEG_INFINITY;
+                }
             }
         }
+        for _ in 0..group {
+            m.extend_from_slice(&row);
+        }
     }
-    let m: Vec<f32> = row
-        .iter()
-        .copied()
-        .cycle()
-        .take(group * seq * total)
-        .collect();
     Some(Tensor::from_data(
-        TensorData::new(m, [1, 1, group * seq, total]),
+        TensorData::new(m, [pads.len(), 1, group * seq, total]),
         device.burn(),
     ))
 }
@@ -223,7 +270,7 @@ impl Attention {
     }
 
     /// # Shapes
-    /// `x: [1, seq, hidden]` → `[1, seq, hidden]`; the cache grows by `seq`.
+    /// `x: [rows, seq, hidden]` → `[rows, seq, hidden]`; the cache grows by `seq`.
     pub fn forward(
         &self,
         x: Tensor<3>,
@@ -317,9 +364,9 @@ mod tests {
 
     fn rows(m: Option<Tensor<4>>) -> Vec<Vec<bool>> {
         let m = m.expect("a mask");
-        let [_, _, r, c] = m.dims();
+        let [b, _, r, c] = m.dims();
         let v = m.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
-        (0..r)
+        (0..b * r)
             .map(|i| (0..c).map(|j| v[i * c + j] == 0.0).collect())
             .collect()
     }
@@ -328,22 +375,39 @@ mod tests {
     fn causal_mask_at_an_offset() {
         let d = Device::cpu();
         // Queries at 2,3 over keys 0..4.
-        let m = rows(build_mask(2, 2, 0, None, 1, &d));
+        let m = rows(build_mask(2, 2, 0, None, 1, &[0], &d));
         assert_eq!(
             m,
             vec![vec![true, true, true, false], vec![true, true, true, true]]
         );
-        assert!(build_mask(5, 1, 0, None, 2, &d).is_none());
+        assert!(build_mask(5, 1, 0, None, 2, &[0], &d).is_none());
     }
 
     #[test]
     fn sliding_window_mask() {
         let d = Device::cpu();
         // Window 2: query 3 sees keys 2 and 3 only; keys start at absolute 1.
-        let m = rows(build_mask(2, 2, 1, Some(2), 1, &d));
+        let m = rows(build_mask(2, 2, 1, Some(2), 1, &[0], &d));
         assert_eq!(m, vec![vec![true, true, false], vec![false, true, true]]);
         // A single query whose window covers the cache needs no mask.
-        assert!(build_mask(3, 1, 2, Some(2), 1, &d).is_none());
-        assert!(build_mask(3, 1, 1, Some(2), 1, &d).is_some());
+        assert!(build_mask(3, 1, 2, Some(2), 1, &[0], &d).is_none());
+        assert!(build_mask(3, 1, 1, Some(2), 1, &[0], &d).is_some());
+    }
+
+    #[test]
+    fn left_padded_rows() {
+        let d = Device::cpu();
+        // Two rows of 3 slots; row 1 has 2 pads: its pad queries see only themselves, its
+        // real query sees only itself among the keys.
+        let m = rows(build_mask(0, 3, 0, None, 1, &[0, 2], &d));
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[2], vec![true, true, true]);
+        assert_eq!(m[3], vec![true, false, false]);
+        assert_eq!(m[4], vec![false, true, false]);
+        assert_eq!(m[5], vec![false, false, true]);
+        // Decoding past the pads still needs the mask to hide them.
+        assert!(build_mask(3, 1, 0, None, 1, &[0, 2], &d).is_some());
+        assert!(build_mask(3, 1, 0, None, 1, &[0, 0], &d).is_none());
+        assert_eq!(positions(3, 2, &[0, 2]), vec![3, 4, 1, 2]);
     }
 }

@@ -32,6 +32,14 @@ impl Embedding {
     }
 
     /// # Shapes
+    /// `ids: [rows·seq]` (row-major) → `[rows, seq, hidden]`
+    pub fn forward_rows(&self, ids: &[u32], rows: usize, device: &Device) -> Tensor<3> {
+        let [_, hidden] = self.weight.dims();
+        let seq = ids.len() / rows.max(1);
+        self.forward(ids, device).reshape([rows, seq, hidden])
+    }
+
+    /// # Shapes
     /// `ids: [seq]` (one sequence) → `[1, seq, hidden]`
     pub fn forward(&self, ids: &[u32], device: &Device) -> Tensor<3> {
         let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();

@@ -153,13 +153,30 @@ impl RotaryEmbedding {
     /// # Shapes
     /// both `[1, 1, len, rotary_dim]`
     pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+        let positions: Vec<usize> = (start..start + len).collect();
+        self.tables_at(&positions, 1, len, device)
+    }
+
+    /// cos and sin tables for `rows` rows of `len` positions each (row-major in `positions`).
+    /// LongRoPE uses its long factors when the furthest position lies past the original context.
+    ///
+    /// # Shapes
+    /// both `[rows, 1, len, rotary_dim]`
+    pub fn tables_at(
+        &self,
+        positions: &[usize],
+        rows: usize,
+        len: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let furthest = positions.iter().max().map_or(0, |p| p + 1);
         let inv_freq = match &self.long {
-            Some((long, original)) if start + len > *original => long,
+            Some((long, original)) if furthest > *original => long,
             _ => &self.inv_freq,
         };
-        let mut cos = Vec::with_capacity(len * self.rotary_dim);
-        let mut sin = Vec::with_capacity(len * self.rotary_dim);
-        for p in start..start + len {
+        let mut cos = Vec::with_capacity(positions.len() * self.rotary_dim);
+        let mut sin = Vec::with_capacity(positions.len() * self.rotary_dim);
+        for &p in positions {
             for _ in 0..2 {
                 for f in inv_freq {
                     // transformers multiplies in f32.
@@ -169,7 +186,7 @@ impl RotaryEmbedding {
                 }
             }
         }
-        let shape = [1, 1, len, self.rotary_dim];
+        let shape = [rows, 1, len, self.rotary_dim];
         (
             Tensor::from_data(TensorData::new(cos, shape), device.burn()),
             Tensor::from_data(TensorData::new(sin, shape), device.burn()),
@@ -179,7 +196,7 @@ impl RotaryEmbedding {
     /// Rotates `x` by the tables from [`RotaryEmbedding::tables`].
     ///
     /// # Shapes
-    /// `x: [batch, heads, seq, head_dim]`, `cos`/`sin: [1, 1, seq, rotary_dim]` → same as `x`
+    /// `x: [batch, heads, seq, head_dim]`, `cos`/`sin: [1 or batch, 1, seq, rotary_dim]` → same as `x`
     pub fn apply(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         let [b, h, s, d] = x.dims();
         let r = self.rotary_dim;

@@ -1,0 +1,134 @@
+//! Batched generation: several prompts decoded together, one forward pass per step for all of
+//! them. Prompts of different lengths are left-padded; the attention masks hide the padding and
+//! each row's positions start at its first real token, so every row generates what it would
+//! alone.
+
+use crate::error::{Error, Result};
+use crate::generation::{Decoding, FinishReason, GenerationConfig};
+use crate::model::{to_vec, Model, PREFILL_CHUNK};
+use crate::models::{Input, LogitsFor};
+
+/// What one prompt of a batch produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutput {
+    /// The prompt's token ids.
+    pub prompt_tokens: Vec<u32>,
+    /// The generated token ids (including a final EOS or stop token, as [`Session`] does).
+    ///
+    /// [`Session`]: crate::Session
+    pub tokens: Vec<u32>,
+    /// The generated text (stop strings and EOS not included).
+    pub text: String,
+    /// Why this row ended.
+    pub finish_reason: FinishReason,
+}
+
+impl Model {
+    /// Generates a continuation of every prompt at once (each encoded as
+    /// [`Model::encode`] does). Rows finish independently; the result is in prompt order.
+    pub fn generate_batch(
+        &self,
+        prompts: &[&str],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<BatchOutput>> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.encode(p))
+            .collect::<Result<Vec<_>>>()?;
+        self.generate_batch_ids(&ids, cfg)
+    }
+
+    /// [`Model::generate_batch`] from token ids.
+    pub fn generate_batch_ids(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<BatchOutput>> {
+        cfg.validate()?;
+        self.check_config_ids(cfg)?;
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = prompts.iter().position(Vec::is_empty) {
+            return Err(Error::invalid_arg(
+                "prompts",
+                format!("prompt {i} has no tokens"),
+            ));
+        }
+        for p in prompts {
+            self.check_ids(p, 0)?;
+        }
+        let rows = prompts.len();
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+        // Padding slots hold the row's first token: any valid id does, the mask hides it.
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&pads)
+            .map(|(p, &pad)| std::iter::repeat_n(p[0], pad).chain(p.iter().copied()).collect())
+            .collect();
+
+        let mut cache = self.lm().new_cache();
+        let mut last = None;
+        let mut from = 0;
+        while from < longest {
+            let to = (from + PREFILL_CHUNK).min(longest);
+            let ids: Vec<u32> = padded.iter().flat_map(|r| r[from..to].iter().copied()).collect();
+            last = Some(self.lm().forward(
+                Input {
+                    ids: &ids,
+                    pads: &pads,
+                },
+                &mut cache,
+                LogitsFor::Last,
+            )?);
+            from = to;
+        }
+        let vocab = self.vocab_size();
+        let mut logits = to_vec(last.expect("prompts are not empty"))?;
+
+        let mut histories: Vec<Vec<u32>> = prompts.to_vec();
+        let mut decodings = histories
+            .iter()
+            .map(|h| Decoding::new(self, cfg, &h[h.len().saturating_sub(4)..], h.len()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut texts = vec![String::new(); rows];
+        loop {
+            for (r, d) in decodings.iter_mut().enumerate() {
+                if d.finish.is_some() {
+                    continue;
+                }
+                let row = &mut logits[r * vocab..(r + 1) * vocab];
+                let used = pads[r] + histories[r].len();
+                let token = d.step(self, row, &histories[r], used)?;
+                histories[r].push(token.id);
+                texts[r].push_str(&token.text);
+            }
+            if decodings.iter().all(|d| d.finish.is_some()) {
+                break;
+            }
+            // Every row takes a step (finished rows repeat their last token, unused).
+            let ids: Vec<u32> = histories.iter().map(|h| h[h.len() - 1]).collect();
+            logits = to_vec(self.lm().forward(
+                Input {
+                    ids: &ids,
+                    pads: &pads,
+                },
+                &mut cache,
+                LogitsFor::Last,
+            )?)?;
+        }
+        Ok(histories
+            .into_iter()
+            .zip(prompts)
+            .zip(texts)
+            .zip(decodings)
+            .map(|(((h, p), text), d)| BatchOutput {
+                prompt_tokens: p.clone(),
+                tokens: h[p.len()..].to_vec(),
+                text,
+                finish_reason: d.finish.unwrap_or(FinishReason::Length),
+            })
+            .collect())
+    }
+}
