@@ -65,7 +65,11 @@ impl Model {
         let padded: Vec<Vec<u32>> = prompts
             .iter()
             .zip(&pads)
-            .map(|(p, &pad)| std::iter::repeat_n(p[0], pad).chain(p.iter().copied()).collect())
+            .map(|(p, &pad)| {
+                std::iter::repeat_n(p[0], pad)
+                    .chain(p.iter().copied())
+                    .collect()
+            })
             .collect();
 
         let mut cache = self.lm().new_cache();
@@ -73,7 +77,10 @@ impl Model {
         let mut from = 0;
         while from < longest {
             let to = (from + PREFILL_CHUNK).min(longest);
-            let ids: Vec<u32> = padded.iter().flat_map(|r| r[from..to].iter().copied()).collect();
+            let ids: Vec<u32> = padded
+                .iter()
+                .flat_map(|r| r[from..to].iter().copied())
+                .collect();
             last = Some(self.lm().forward(
                 Input {
                     ids: &ids,

@@ -113,7 +113,10 @@ impl ChatTemplate {
                         })
                     };
                     Some(named("default").ok_or_else(|| {
-                        Error::config(&config_path, "chat_template lists no template named \"default\"")
+                        Error::config(
+                            &config_path,
+                            "chat_template lists no template named \"default\"",
+                        )
                     })?)
                 }
                 Some(_) => {
@@ -124,9 +127,7 @@ impl ChatTemplate {
                 }
             }
         };
-        source
-            .map(|s| Self::new(&s, &bos, &eos))
-            .transpose()
+        source.map(|s| Self::new(&s, &bos, &eos)).transpose()
     }
 
     /// Compiles `source`; a syntax error is [`Error::ChatTemplate`].
@@ -140,9 +141,12 @@ impl ChatTemplate {
                 .map_err(template_error)?,
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
@@ -177,11 +181,15 @@ impl ChatTemplate {
         }
         ctx.insert("messages".into(), messages);
         // transformers always passes `tools` (None when there are none).
-        ctx.insert("tools".into(), tools.cloned().unwrap_or(serde_json::Value::Null));
+        ctx.insert(
+            "tools".into(),
+            tools.cloned().unwrap_or(serde_json::Value::Null),
+        );
         ctx.insert("documents".into(), serde_json::Value::Null);
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         let tmpl = self.env.get_template("chat").map_err(template_error)?;
-        tmpl.render(Value::from(Serde(&ctx))).map_err(template_error)
+        tmpl.render(Value::from(Serde(&ctx)))
+            .map_err(template_error)
     }
 
     /// The BOS token text the template sees.
@@ -205,7 +213,10 @@ fn template_error(e: minijinja::Error) -> Error {
 
 /// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False,
 /// indent=indent, separators=None, sort_keys=False)`.
-fn tojson(value: Value, kwargs: minijinja::value::Kwargs) -> std::result::Result<Value, minijinja::Error> {
+fn tojson(
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
@@ -225,7 +236,11 @@ fn write_python_json(v: &serde_json::Value, indent: Option<usize>, level: usize,
             out.push_str(&" ".repeat(n * level));
         }
     };
-    let (item_sep, key_sep) = if indent.is_some() { (",", ": ") } else { (", ", ": ") };
+    let (item_sep, key_sep) = if indent.is_some() {
+        (",", ": ")
+    } else {
+        (", ", ": ")
+    };
     match v {
         J::Array(items) if !items.is_empty() => {
             out.push('[');
@@ -277,10 +292,28 @@ fn strftime_now(fmt: &str) -> std::result::Result<String, minijinja::Error> {
 
 fn strftime(secs: i64, fmt: &str) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
-    const DAYS: [&str; 7] = ["Thursday", "Friday", "Saturday", "Sunday", "Monday", "Tuesday", "Wednesday"];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -348,7 +381,10 @@ mod tests {
         // 2024-07-26 12:34:56 UTC was a Friday.
         let t = 1_721_997_296;
         assert_eq!(strftime(t, "%d %b %Y"), "26 Jul 2024");
-        assert_eq!(strftime(t, "%A %B %-d, %H:%M:%S %j %y"), "Friday July 26, 12:34:56 208 24");
+        assert_eq!(
+            strftime(t, "%A %B %-d, %H:%M:%S %j %y"),
+            "Friday July 26, 12:34:56 208 24"
+        );
         assert_eq!(strftime(0, "%Y-%m-%d %a"), "1970-01-01 Thu");
         assert_eq!(strftime(951_782_400, "%Y-%m-%d %j"), "2000-02-29 060");
     }
@@ -356,16 +392,30 @@ mod tests {
     #[test]
     fn tojson_matches_python() {
         let v = Value::from(Serde(serde_json::json!({"a": [1, 2.0, "é"], "b": {}})));
-        let out = tojson(v.clone(), minijinja::value::Kwargs::from_iter(std::iter::empty::<(&str, Value)>())).unwrap();
+        let out = tojson(
+            v.clone(),
+            minijinja::value::Kwargs::from_iter(std::iter::empty::<(&str, Value)>()),
+        )
+        .unwrap();
         assert_eq!(out.to_string(), r#"{"a": [1, 2.0, "é"], "b": {}}"#);
-        let out = tojson(v, minijinja::value::Kwargs::from_iter([("indent", Value::from(2))])).unwrap();
-        assert_eq!(out.to_string(), "{\n  \"a\": [\n    1,\n    2.0,\n    \"é\"\n  ],\n  \"b\": {}\n}");
+        let out = tojson(
+            v,
+            minijinja::value::Kwargs::from_iter([("indent", Value::from(2))]),
+        )
+        .unwrap();
+        assert_eq!(
+            out.to_string(),
+            "{\n  \"a\": [\n    1,\n    2.0,\n    \"é\"\n  ],\n  \"b\": {}\n}"
+        );
     }
 
     #[test]
     fn raise_exception_is_a_typed_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render::<Message>(&[], false, None, None).unwrap_err();
-        assert!(matches!(&err, Error::ChatTemplate { message } if message == "no system role"), "{err}");
+        assert!(
+            matches!(&err, Error::ChatTemplate { message } if message == "no system role"),
+            "{err}"
+        );
     }
 }

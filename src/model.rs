@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::loading::{GenerationDefaults, WeightStore};
 use crate::generation::GenerationConfig;
+use crate::loading::{GenerationDefaults, WeightStore};
 use crate::models::{self, CausalLm, Input, LogitsFor};
 use crate::nn::KvCache;
 use crate::session::Session;
@@ -269,7 +269,10 @@ impl Model {
     pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let mut last = None;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            last = Some(self.lm().forward(Input::single(chunk), cache, LogitsFor::Last)?);
+            last = Some(
+                self.lm()
+                    .forward(Input::single(chunk), cache, LogitsFor::Last)?,
+            );
         }
         let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
         to_vec(last)
@@ -285,7 +288,11 @@ impl Model {
         let vocab = self.vocab_size();
         let mut rows = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let flat = to_vec(self.lm().forward(Input::single(chunk), &mut cache, LogitsFor::All)?)?;
+            let flat = to_vec(self.lm().forward(
+                Input::single(chunk),
+                &mut cache,
+                LogitsFor::All,
+            )?)?;
             rows.extend(flat.chunks(vocab).map(<[f32]>::to_vec));
         }
         Ok(rows)
@@ -306,7 +313,9 @@ impl Model {
         let mut out = Vec::with_capacity(ids.len() - 1);
         let mut start = 0;
         for chunk in ids.chunks(PREFILL_CHUNK) {
-            let logits = self.lm().forward(Input::single(chunk), &mut cache, LogitsFor::All)?;
+            let logits = self
+                .lm()
+                .forward(Input::single(chunk), &mut cache, LogitsFor::All)?;
             let n = chunk.len().min(ids.len() - 1 - start);
             if n > 0 {
                 let [_, vocab] = logits.dims();

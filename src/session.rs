@@ -72,6 +72,26 @@ impl Session {
         cfg: &GenerationConfig,
     ) -> Result<Generator<'_>> {
         let ids = self.model.chat_ids(messages)?;
+        self.continue_chat(ids, cfg)
+    }
+
+    /// [`Session::chat`] with tool definitions for the template (`tools`: a JSON list of
+    /// function schemas, as transformers' `apply_chat_template(tools=...)` takes them).
+    pub fn chat_with_tools<M: Serialize>(
+        &mut self,
+        messages: &[M],
+        tools: &serde_json::Value,
+        cfg: &GenerationConfig,
+    ) -> Result<Generator<'_>> {
+        let text = self
+            .model
+            .chat_template()?
+            .render(messages, true, Some(tools), None)?;
+        let ids = self.model.tokenizer()?.encode(&text, false)?;
+        self.continue_chat(ids, cfg)
+    }
+
+    fn continue_chat(&mut self, ids: Vec<u32>, cfg: &GenerationConfig) -> Result<Generator<'_>> {
         if ids.is_empty() {
             return Err(Error::invalid_arg(
                 "messages",
@@ -118,7 +138,15 @@ impl Session {
         let prefill_s = t0.elapsed().as_secs_f64();
         let prompt_tokens = self.tokens.len() - cached;
         let decoder_context = self.tokens[context_start..].to_vec();
-        Generator::new(self, cfg, logits, decoder_context, prompt_tokens, cached, prefill_s)
+        Generator::new(
+            self,
+            cfg,
+            logits,
+            decoder_context,
+            prompt_tokens,
+            cached,
+            prefill_s,
+        )
     }
 
     /// Appends `ids` to the sequence, runs them through the model (reusing the cache) and

@@ -18,16 +18,21 @@ fn alone(model: &Model, ids: &[u32], cfg: &GenerationConfig) -> (Vec<u32>, Strin
     (out, text, gen.finish_reason().unwrap())
 }
 
-/// Every causal fixture: three prompts of 2, 5 and the full prompt's length, greedy.
+/// Every causal fixture (a subset on wgpu): three prompts of 2, 5 and the full prompt's length, greedy.
 #[test]
 fn batch_equals_one_at_a_time_on_every_architecture() {
-    let cfg = GenerationConfig::default().max_new_tokens(6).ignore_eos(true);
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(6)
+        .ignore_eos(true);
     for (name, dir, exp) in common::fixtures() {
         if name.starts_with("bert") {
             continue;
         }
         for device in common::devices() {
-            if !common::runs_on(&device, &name) {
+            // On wgpu (lavapipe in CI, slow) three families cover RoPE, windows + soft-caps
+            // and learned positions.
+            let on_wgpu = ["llama-f32", "gemma2-bf16", "gpt2-f32"];
+            if device.kind() == kiln::BackendKind::Wgpu && !on_wgpu.contains(&name.as_str()) {
                 continue;
             }
             let model = Model::load(&dir, &device).unwrap();
@@ -42,7 +47,11 @@ fn batch_equals_one_at_a_time_on_every_architecture() {
                 assert_eq!(got.finish_reason, finish);
                 assert_eq!(&got.prompt_tokens, prompt);
             }
-            assert_eq!(batch[1].tokens, exp.greedy_ids[..6].to_vec(), "{name}: the reference's greedy ids");
+            assert_eq!(
+                batch[1].tokens,
+                exp.greedy_ids[..6].to_vec(),
+                "{name}: the reference's greedy ids"
+            );
         }
     }
 }
@@ -51,13 +60,22 @@ fn batch_equals_one_at_a_time_on_every_architecture() {
 /// bad input is a typed error.
 #[test]
 fn rows_finish_independently() {
-    let (_, dir, exp) = common::fixtures().into_iter().find(|(n, _, _)| n == "llama-f32").unwrap();
+    let (_, dir, exp) = common::fixtures()
+        .into_iter()
+        .find(|(n, _, _)| n == "llama-f32")
+        .unwrap();
     let model = Model::load(&dir, &Device::cpu()).unwrap();
-    let greedy = GenerationConfig::default().max_new_tokens(8).ignore_eos(true);
+    let greedy = GenerationConfig::default()
+        .max_new_tokens(8)
+        .ignore_eos(true);
     let solo = alone(&model, &exp.prompt_ids, &greedy).0;
     let cfg = greedy.clone().stop_token(solo[2]);
     let first = solo.iter().position(|&t| t == solo[2]).unwrap();
-    let prompts = ["Hello", exp.prompt.as_str(), "A much longer prompt than the others, to pad"];
+    let prompts = [
+        "Hello",
+        exp.prompt.as_str(),
+        "A much longer prompt than the others, to pad",
+    ];
     let batch = model.generate_batch(&prompts, &cfg).unwrap();
     assert_eq!(batch[1].tokens, solo[..=first].to_vec());
     assert_eq!(batch[1].finish_reason, FinishReason::Stop);
@@ -70,8 +88,15 @@ fn rows_finish_independently() {
     }
 
     assert!(model.generate_batch_ids(&[], &cfg).unwrap().is_empty());
-    let err = model.generate_batch_ids(&[vec![1, 2], vec![]], &cfg).unwrap_err();
-    assert!(matches!(&err, Error::InvalidArgument { .. }) && err.to_string().contains("prompt 1"), "{err}");
-    let err = model.generate_batch_ids(&[vec![1, 1 << 30]], &cfg).unwrap_err();
+    let err = model
+        .generate_batch_ids(&[vec![1, 2], vec![]], &cfg)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { .. }) && err.to_string().contains("prompt 1"),
+        "{err}"
+    );
+    let err = model
+        .generate_batch_ids(&[vec![1, 1 << 30]], &cfg)
+        .unwrap_err();
     assert!(matches!(err, Error::TokenOutOfRange { .. }), "{err}");
 }

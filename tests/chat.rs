@@ -50,9 +50,14 @@ fn real_templates_render_as_transformers_does() {
     let mut failures = Vec::new();
     let mut rendered = 0;
     for case in &cases {
-        let name = format!("{} / {}", case["template"].as_str().unwrap(), case["conversation"]);
-        let source = std::fs::read_to_string(templates_dir().join(case["template"].as_str().unwrap()))
-            .unwrap();
+        let name = format!(
+            "{} / {}",
+            case["template"].as_str().unwrap(),
+            case["conversation"]
+        );
+        let source =
+            std::fs::read_to_string(templates_dir().join(case["template"].as_str().unwrap()))
+                .unwrap();
         let extra = case["extra"].as_object().unwrap();
         let template = ChatTemplate::new(
             &source,
@@ -79,12 +84,16 @@ fn real_templates_render_as_transformers_does() {
             (Some("markup-escape"), Ok(g)) => {
                 let want = case["expected"].as_str().unwrap().replace("&#34;", "\"");
                 if *g != want {
-                    failures.push(format!("{name}: differs beyond Markup escaping:\n{g:?}\n{want:?}"));
+                    failures.push(format!(
+                        "{name}: differs beyond Markup escaping:\n{g:?}\n{want:?}"
+                    ));
                 }
                 continue;
             }
             (Some(kind), _) => {
-                failures.push(format!("{name}: listed as a {kind} divergence but did not diverge so"));
+                failures.push(format!(
+                    "{name}: listed as a {kind} divergence but did not diverge so"
+                ));
                 continue;
             }
             (None, _) => {}
@@ -98,32 +107,47 @@ fn real_templates_render_as_transformers_does() {
                 }
             }
             (Some(_), _, Err(e)) => failures.push(format!("{name}: unexpected error {e}")),
-            (None, Some(err), Ok(got)) => {
-                failures.push(format!("{name}: rendered {got:?} but transformers fails: {err}"))
-            }
+            (None, Some(err), Ok(got)) => failures.push(format!(
+                "{name}: rendered {got:?} but transformers fails: {err}"
+            )),
             (None, Some(err), Err(e)) => {
                 let Error::ChatTemplate { message } = &e else {
                     failures.push(format!("{name}: wrong error type {e:?}"));
                     continue;
                 };
                 if err["raised"].as_bool().unwrap() && message != err["message"].as_str().unwrap() {
-                    failures.push(format!("{name}: raised {message:?}, want {:?}", err["message"]));
+                    failures.push(format!(
+                        "{name}: raised {message:?}, want {:?}",
+                        err["message"]
+                    ));
                 }
             }
             _ => panic!("{name}: malformed fixture case"),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
     assert!(rendered > 70, "only {rendered} renderings compared");
 }
 
 /// `raise_exception` surfaces as `Error::ChatTemplate` with the template's message.
 #[test]
 fn raising_template_is_a_typed_error() {
-    let source = std::fs::read_to_string(templates_dir().join("google-gemma-2-2b-it.jinja")).unwrap();
+    let source =
+        std::fs::read_to_string(templates_dir().join("google-gemma-2-2b-it.jinja")).unwrap();
     let t = ChatTemplate::new(&source, "<bos>", "<eos>").unwrap();
     let err = t
-        .render(&[Message::system("be nice"), Message::user("hi")], true, None, None)
+        .render(
+            &[Message::system("be nice"), Message::user("hi")],
+            true,
+            None,
+            None,
+        )
         .unwrap_err();
     assert!(
         matches!(&err, Error::ChatTemplate { message } if message == "System role not supported"),
@@ -158,17 +182,35 @@ fn template_is_found_in_the_folder() {
         .to_string(),
     )
     .unwrap();
-    let t = ChatTemplate::from_dir(dir.path()).unwrap().expect("a template");
-    assert_eq!(t.render(&[Message::user("hi")], false, None, None).unwrap(), "<s>[user]hi</s>");
+    let t = ChatTemplate::from_dir(dir.path())
+        .unwrap()
+        .expect("a template");
+    assert_eq!(
+        t.render(&[Message::user("hi")], false, None, None).unwrap(),
+        "<s>[user]hi</s>"
+    );
 
-    std::fs::write(dir.path().join("chat_template.jinja"), "J{{ messages[0].content }}").unwrap();
-    let t = ChatTemplate::from_dir(dir.path()).unwrap().expect("a template");
-    assert_eq!(t.render(&[Message::user("x")], false, None, None).unwrap(), "Jx");
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "J{{ messages[0].content }}",
+    )
+    .unwrap();
+    let t = ChatTemplate::from_dir(dir.path())
+        .unwrap()
+        .expect("a template");
+    assert_eq!(
+        t.render(&[Message::user("x")], false, None, None).unwrap(),
+        "Jx"
+    );
 
     let empty = common::TempDir::new("chat-none");
     assert!(ChatTemplate::from_dir(empty.path()).unwrap().is_none());
 
-    std::fs::write(empty.path().join("tokenizer_config.json"), r#"{"chat_template": 7}"#).unwrap();
+    std::fs::write(
+        empty.path().join("tokenizer_config.json"),
+        r#"{"chat_template": 7}"#,
+    )
+    .unwrap();
     let err = ChatTemplate::from_dir(empty.path()).unwrap_err();
     assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
 }

@@ -14,7 +14,11 @@ fn example(name: &str) -> Command {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().join("examples");
     let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{} not built (cargo test builds examples)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} not built (cargo test builds examples)",
+        bin.display()
+    );
     let mut c = Command::new(bin);
     c.env("RUST_LOG", "off");
     c
@@ -22,7 +26,9 @@ fn example(name: &str) -> Command {
 
 fn shared_template(name: &str) -> String {
     std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/chat-templates").join(name),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/chat-templates")
+            .join(name),
     )
     .unwrap()
 }
@@ -40,10 +46,16 @@ fn chat_render_only_is_exact() {
     .unwrap();
     let case = cases
         .iter()
-        .find(|c| c["template"] == "Qwen-Qwen2.5-7B-Instruct.jinja" && c["conversation"] == "multi_turn")
+        .find(|c| {
+            c["template"] == "Qwen-Qwen2.5-7B-Instruct.jinja" && c["conversation"] == "multi_turn"
+        })
         .unwrap();
     let dir = common::TempDir::new("render-only");
-    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("Qwen-Qwen2.5-7B-Instruct.jinja")).unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        shared_template("Qwen-Qwen2.5-7B-Instruct.jinja"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("tokenizer_config.json"),
         r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
@@ -60,11 +72,22 @@ fn chat_render_only_is_exact() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_line(&out));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), case["expected"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        case["expected"].as_str().unwrap()
+    );
 
     // A template that raises: status 1, its message on stderr.
-    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("google-gemma-2-2b-it.jinja")).unwrap();
-    std::fs::write(&messages, r#"[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]"#).unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        shared_template("google-gemma-2-2b-it.jinja"),
+    )
+    .unwrap();
+    std::fs::write(
+        &messages,
+        r#"[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]"#,
+    )
+    .unwrap();
     let out = example("chat")
         .arg("--model")
         .arg(dir.path())
@@ -76,7 +99,10 @@ fn chat_render_only_is_exact() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let err = stderr_line(&out);
-    assert!(err.contains("System role not supported") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("System role not supported") && err.lines().count() == 1,
+        "{err}"
+    );
 
     // Not a list of messages: a clear error naming the flag.
     std::fs::write(&messages, r#"{"role": "user"}"#).unwrap();
@@ -89,20 +115,37 @@ fn chat_render_only_is_exact() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_line(&out).contains("--messages"), "{}", stderr_line(&out));
+    assert!(
+        stderr_line(&out).contains("--messages"),
+        "{}",
+        stderr_line(&out)
+    );
 }
 
 /// `chat --messages --json` and `generate --chat --json` answer as the library does.
 #[test]
 fn chat_and_generate_chat_json() {
-    let (_, src, _) = common::fixtures().into_iter().find(|(n, _, _)| n == "llama-f32").unwrap();
+    let (_, src, _) = common::fixtures()
+        .into_iter()
+        .find(|(n, _, _)| n == "llama-f32")
+        .unwrap();
     let dir = common::TempDir::copy_of(&src, "chat-json");
-    std::fs::write(dir.path().join("chat_template.jinja"), shared_template("Qwen-Qwen2.5-7B-Instruct.jinja")).unwrap();
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        shared_template("Qwen-Qwen2.5-7B-Instruct.jinja"),
+    )
+    .unwrap();
     let model = Model::load(dir.path(), &Device::cpu()).unwrap();
-    let cfg = GenerationConfig::default().max_new_tokens(5).ignore_eos(true);
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(5)
+        .ignore_eos(true);
     let msgs = [Message::user("Hi there")];
     let mut session = model.session();
-    let want: Vec<u32> = session.chat(&msgs, &cfg).unwrap().map(|t| t.unwrap().id).collect();
+    let want: Vec<u32> = session
+        .chat(&msgs, &cfg)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
     let prompt = model.chat_ids(&msgs).unwrap();
 
     let messages = dir.path().join("messages.json");
@@ -110,7 +153,13 @@ fn chat_and_generate_chat_json() {
     let out = example("chat")
         .arg("--model")
         .arg(dir.path())
-        .args(["--json", "--max-new-tokens", "5", "--ignore-eos", "--messages"])
+        .args([
+            "--json",
+            "--max-new-tokens",
+            "5",
+            "--ignore-eos",
+            "--messages",
+        ])
         .arg(&messages)
         .output()
         .unwrap();
@@ -123,7 +172,15 @@ fn chat_and_generate_chat_json() {
     let out = example("generate")
         .arg("--model")
         .arg(dir.path())
-        .args(["--json", "--chat", "--max-new-tokens", "5", "--ignore-eos", "--prompt", "Hi there"])
+        .args([
+            "--json",
+            "--chat",
+            "--max-new-tokens",
+            "5",
+            "--ignore-eos",
+            "--prompt",
+            "Hi there",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_line(&out));
@@ -135,7 +192,15 @@ fn chat_and_generate_chat_json() {
     let out = example("generate")
         .arg("--model")
         .arg(dir.path())
-        .args(["--json", "--chat", "--max-new-tokens", "5", "--ignore-eos", "--prompt", "Hi there"])
+        .args([
+            "--json",
+            "--chat",
+            "--max-new-tokens",
+            "5",
+            "--ignore-eos",
+            "--prompt",
+            "Hi there",
+        ])
         .args(["--stop-token", &want[1].to_string()])
         .output()
         .unwrap();
@@ -145,7 +210,11 @@ fn chat_and_generate_chat_json() {
     assert_eq!(v["generated_tokens"], serde_json::json!(want[..=first]));
 
     // Bad flag values are one-line errors with status 1.
-    for bad in [["--logit-bias", "7"], ["--top-p", "1.5"], ["--presence-penalty", "9"]] {
+    for bad in [
+        ["--logit-bias", "7"],
+        ["--top-p", "1.5"],
+        ["--presence-penalty", "9"],
+    ] {
         let out = example("generate")
             .arg("--model")
             .arg(dir.path())
@@ -155,6 +224,10 @@ fn chat_and_generate_chat_json() {
         assert_eq!(out.status.code(), Some(1), "{bad:?}");
         let err = stderr_line(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(bad[0].trim_start_matches("--").replace('-', "_").as_str()) || err.contains(bad[0]), "{err}");
+        assert!(
+            err.contains(bad[0].trim_start_matches("--").replace('-', "_").as_str())
+                || err.contains(bad[0]),
+            "{err}"
+        );
     }
 }

@@ -51,7 +51,8 @@ fn config_from(c: &Value) -> GenerationConfig {
     cfg.frequency_penalty = f("frequency_penalty");
     if let Some(b) = c.get("logit_bias").and_then(|b| b.as_object()) {
         for (k, v) in b {
-            cfg.logit_bias.insert(k.parse().unwrap(), v.as_f64().unwrap() as f32);
+            cfg.logit_bias
+                .insert(k.parse().unwrap(), v.as_f64().unwrap() as f32);
         }
     }
     cfg
@@ -79,7 +80,10 @@ fn processors_match_reference() {
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             if w.is_infinite() {
                 filtered += 1;
-                assert!(g.is_infinite() && *g < 0.0, "{name}: token {i} should be filtered, got {g}");
+                assert!(
+                    g.is_infinite() && *g < 0.0,
+                    "{name}: token {i} should be filtered, got {g}"
+                );
             } else {
                 assert!(
                     (g - w).abs() <= 1e-5 * w.abs().max(1.0),
@@ -107,8 +111,13 @@ fn sampling_is_reproducible_by_seed() {
     let b = run(&base.clone().seed(7));
     assert_eq!(a, b, "same seed, different tokens");
     let others: Vec<Vec<u32>> = (8..11).map(|s| run(&base.clone().seed(s))).collect();
-    assert!(others.iter().all(|o| *o != a), "another seed gave the same 16 tokens");
-    let greedy = GenerationConfig::default().max_new_tokens(16).ignore_eos(true);
+    assert!(
+        others.iter().all(|o| *o != a),
+        "another seed gave the same 16 tokens"
+    );
+    let greedy = GenerationConfig::default()
+        .max_new_tokens(16)
+        .ignore_eos(true);
     assert_eq!(run(&greedy.clone().seed(1)), run(&greedy.seed(2)));
 }
 
@@ -119,7 +128,9 @@ fn stop_string_across_tokens() {
     let (dir, _) = llama();
     let model = Model::load(&dir, &Device::cpu()).unwrap();
     let tok = model.tokenizer().unwrap();
-    let cfg = GenerationConfig::default().max_new_tokens(24).ignore_eos(true);
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(24)
+        .ignore_eos(true);
     let mut session = model.session();
     let pieces: Vec<(u32, String)> = session
         .generate("Once upon a time", &cfg)
@@ -147,13 +158,21 @@ fn stop_string_across_tokens() {
     let (stop, at) = chosen.expect("two tokens with text in the greedy output");
     let _ = tok;
     let mut session = model.session();
-    let mut gen = session.generate("Once upon a time", &cfg.clone().stop(stop.clone())).unwrap();
+    let mut gen = session
+        .generate("Once upon a time", &cfg.clone().stop(stop.clone()))
+        .unwrap();
     let mut streamed = String::new();
     for t in gen.by_ref() {
         let t = t.unwrap();
         streamed.push_str(&t.text);
-        assert!(full.starts_with(&streamed), "streamed {streamed:?} is not a prefix of {full:?}");
-        assert!(streamed.len() <= at, "text past the stop string was emitted: {streamed:?}");
+        assert!(
+            full.starts_with(&streamed),
+            "streamed {streamed:?} is not a prefix of {full:?}"
+        );
+        assert!(
+            streamed.len() <= at,
+            "text past the stop string was emitted: {streamed:?}"
+        );
     }
     assert_eq!(gen.finish_reason(), Some(FinishReason::Stop));
     assert_eq!(streamed, &full[..at], "stop {stop:?}");
@@ -165,7 +184,9 @@ fn stop_string_across_tokens() {
 fn stop_tokens_bias_and_custom_processors() {
     let (dir, exp) = llama();
     let model = Model::load(&dir, &Device::cpu()).unwrap();
-    let greedy = GenerationConfig::default().max_new_tokens(8).ignore_eos(true);
+    let greedy = GenerationConfig::default()
+        .max_new_tokens(8)
+        .ignore_eos(true);
     let ids = generate(&model, &exp.prompt, &greedy);
     assert_eq!(ids.len(), 8);
 
@@ -180,7 +201,11 @@ fn stop_tokens_bias_and_custom_processors() {
     assert_eq!(gen.finish_reason(), Some(FinishReason::Stop));
 
     // Banning the greedy first token changes it; a large bias forces a token.
-    let banned = generate(&model, &exp.prompt, &greedy.clone().logit_bias(ids[0], -100.0));
+    let banned = generate(
+        &model,
+        &exp.prompt,
+        &greedy.clone().logit_bias(ids[0], -100.0),
+    );
     assert_ne!(banned[0], ids[0]);
     let forced = generate(&model, &exp.prompt, &greedy.clone().logit_bias(5, 1e4));
     assert!(forced.iter().all(|&t| t == 5), "{forced:?}");
@@ -225,13 +250,19 @@ fn generation_config_json_supplies_defaults() {
     let write = |v: Value| {
         std::fs::write(tmp.path().join("generation_config.json"), v.to_string()).unwrap()
     };
-    write(serde_json::json!({"eos_token_id": [2, 7], "do_sample": true, "temperature": 0.6,
-        "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 40}));
+    write(
+        serde_json::json!({"eos_token_id": [2, 7], "do_sample": true, "temperature": 0.6,
+        "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 40}),
+    );
     let model = Model::load(tmp.path(), &Device::cpu()).unwrap();
     let cfg = model.generation_config();
     assert_eq!(cfg.temperature, 0.6);
     assert_eq!(cfg.top_p, Some(0.9));
-    assert_eq!(cfg.top_k, Some(50), "transformers' default top_k when sampling");
+    assert_eq!(
+        cfg.top_k,
+        Some(50),
+        "transformers' default top_k when sampling"
+    );
     assert_eq!(cfg.repetition_penalty, Some(1.1));
     assert_eq!(cfg.max_new_tokens, 40);
     assert_eq!(model.eos_token_ids(), &[2, 7]);
@@ -247,7 +278,8 @@ fn chat_model(tag: &str) -> (common::TempDir, Model) {
     let (dir, _) = llama();
     let tmp = common::TempDir::copy_of(&dir, tag);
     let template = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/chat-templates/Qwen-Qwen2.5-7B-Instruct.jinja"),
     )
     .unwrap();
     std::fs::write(tmp.path().join("chat_template.jinja"), template).unwrap();
@@ -260,7 +292,9 @@ fn chat_model(tag: &str) -> (common::TempDir, Model) {
 #[test]
 fn second_chat_turn_prefills_only_new_tokens() {
     let (_tmp, model) = chat_model("chat-turns");
-    let cfg = GenerationConfig::default().max_new_tokens(6).ignore_eos(true);
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(6)
+        .ignore_eos(true);
     let mut messages = vec![Message::system("Be brief."), Message::user("Hello there")];
     let first_ids = model.chat_ids(&messages).unwrap();
 
@@ -276,14 +310,26 @@ fn second_chat_turn_prefills_only_new_tokens() {
     messages.push(Message::assistant(reply));
     messages.push(Message::user("And then?"));
     let second_ids = model.chat_ids(&messages).unwrap();
-    let shared = held.iter().zip(&second_ids).take_while(|(a, b)| a == b).count();
-    assert!(shared >= first_ids.len(), "turn two shares {shared} tokens, turn one had {}", first_ids.len());
+    let shared = held
+        .iter()
+        .zip(&second_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared >= first_ids.len(),
+        "turn two shares {shared} tokens, turn one had {}",
+        first_ids.len()
+    );
 
     let mut gen = session.chat(&messages, &cfg).unwrap();
     let turn2: Vec<u32> = gen.by_ref().map(|t| t.unwrap().id).collect();
     let stats = gen.stats();
     assert_eq!(stats.cached_tokens, shared, "reused positions");
-    assert_eq!(stats.prompt_tokens, second_ids.len() - shared, "prefilled only the new tokens");
+    assert_eq!(
+        stats.prompt_tokens,
+        second_ids.len() - shared,
+        "prefilled only the new tokens"
+    );
     drop(gen);
 
     let mut fresh = model.session();
@@ -295,13 +341,22 @@ fn second_chat_turn_prefills_only_new_tokens() {
     // An edited earlier message re-runs from where the conversation differs.
     messages[1] = Message::user("Hello here");
     let third_ids = model.chat_ids(&messages).unwrap();
-    let shared = session.tokens().iter().zip(&third_ids).take_while(|(a, b)| a == b).count();
+    let shared = session
+        .tokens()
+        .iter()
+        .zip(&third_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
     let mut gen = session.chat(&messages, &cfg).unwrap();
     let edited: Vec<u32> = gen.by_ref().map(|t| t.unwrap().id).collect();
     assert_eq!(gen.stats().cached_tokens, shared);
     drop(gen);
     let mut fresh = model.session();
-    let want: Vec<u32> = fresh.chat(&messages, &cfg).unwrap().map(|t| t.unwrap().id).collect();
+    let want: Vec<u32> = fresh
+        .chat(&messages, &cfg)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
     assert_eq!(edited, want);
 }
 
@@ -310,8 +365,14 @@ fn second_chat_turn_prefills_only_new_tokens() {
 fn chat_errors_are_typed() {
     let (dir, _) = llama();
     let model = Model::load(&dir, &Device::cpu()).unwrap();
-    let err = model.session().chat(&[Message::user("hi")], &GenerationConfig::default()).unwrap_err();
-    assert!(matches!(&err, Error::ChatTemplate { message } if message.contains("no chat template")), "{err}");
+    let err = model
+        .session()
+        .chat(&[Message::user("hi")], &GenerationConfig::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ChatTemplate { message } if message.contains("no chat template")),
+        "{err}"
+    );
 
     let tmp = common::TempDir::copy_of(&dir, "chat-raise");
     std::fs::write(
@@ -322,7 +383,69 @@ fn chat_errors_are_typed() {
     let model = Model::load(tmp.path(), &Device::cpu()).unwrap();
     let err = model
         .session()
-        .chat(&[Message::system("s"), Message::user("u")], &GenerationConfig::default())
+        .chat(
+            &[Message::system("s"), Message::user("u")],
+            &GenerationConfig::default(),
+        )
         .unwrap_err();
-    assert!(matches!(&err, Error::ChatTemplate { message } if message == "System role not supported"), "{err}");
+    assert!(
+        matches!(&err, Error::ChatTemplate { message } if message == "System role not supported"),
+        "{err}"
+    );
+}
+
+/// Rewinding a session whose sliding-window cache has rolled past the rewind point re-runs
+/// what it must; either way the logits after the rewind match a fresh pass.
+#[test]
+fn rewind_through_a_rolled_window_cache() {
+    let (_, dir, _) = common::fixtures()
+        .into_iter()
+        .find(|(n, _, _)| n == "mistral-window-f32")
+        .unwrap();
+    let model = Model::load(&dir, &Device::cpu()).unwrap();
+    let vocab = model.vocab_size() as u32;
+    let ids: Vec<u32> = (0..320u32).map(|i| (i * 37 + 11) % vocab).collect();
+    let last_row = |n: usize| model.forward_logits(&ids[..n]).unwrap().pop().unwrap();
+    for back_to in [312, 290, 100] {
+        let mut session = model.session();
+        session.append(&ids[..300]).unwrap();
+        session.append(&ids[300..316]).unwrap();
+        session.rewind(back_to);
+        assert_eq!(session.tokens().len(), back_to);
+        assert!(session.cached_len() <= back_to);
+        let got = session.append(&ids[back_to..back_to + 4]).unwrap();
+        let want = last_row(back_to + 4);
+        let diff = common::max_abs_diff(&got, &want);
+        assert!(diff < 1e-4, "rewind to {back_to}: max diff {diff}");
+    }
+}
+
+/// Tools reach the template through `chat_with_tools`.
+#[test]
+fn chat_with_tools_renders_them() {
+    let (_tmp, model) = chat_model("chat-tools");
+    let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "Weather.", "parameters": {"type": "object", "properties": {}}}}]);
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(2)
+        .ignore_eos(true);
+    let msgs = [Message::user("Weather?")];
+    let mut session = model.session();
+    let n: usize = session
+        .chat_with_tools(&msgs, &tools, &cfg)
+        .unwrap()
+        .count();
+    assert_eq!(n, 2);
+    let text = model
+        .chat_template()
+        .unwrap()
+        .render(&msgs, true, Some(&tools), None)
+        .unwrap();
+    assert!(
+        text.contains("get_weather") && text.contains("<tools>"),
+        "{text}"
+    );
+    let ids = model.tokenizer().unwrap().encode(&text, false).unwrap();
+    assert_eq!(&session.tokens()[..ids.len()], &ids[..]);
+    assert_ne!(ids, model.chat_ids(&msgs).unwrap());
 }

@@ -417,10 +417,22 @@ impl CausalLm for Gemma {
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let global =
-            AttentionContext::batched(Some(&self.cfg.rope_global), start, seq, pads, group, &self.device);
-        let local =
-            AttentionContext::batched(Some(&self.cfg.rope_local), start, seq, pads, group, &self.device);
+        let global = AttentionContext::batched(
+            Some(&self.cfg.rope_global),
+            start,
+            seq,
+            pads,
+            group,
+            &self.device,
+        );
+        let local = AttentionContext::batched(
+            Some(&self.cfg.rope_local),
+            start,
+            seq,
+            pads,
+            group,
+            &self.device,
+        );
         let h = self.cfg.hidden_size;
         let mut x = self
             .embed_tokens

@@ -268,7 +268,11 @@ impl CausalLm for Gpt2 {
             TensorData::new(positions, [rows * seq]),
             self.device.burn(),
         );
-        let pos = self.wpe.clone().select(0, positions).reshape([rows, seq, d]);
+        let pos = self
+            .wpe
+            .clone()
+            .select(0, positions)
+            .reshape([rows, seq, d]);
         let mut x = self.wte.forward_rows(input.ids, rows, &self.device) + pos;
         for (i, block) in self.h.iter().enumerate() {
             let a = block.attn.forward(

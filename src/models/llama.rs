@@ -470,8 +470,11 @@ impl CausalLm for Llama {
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let ctx = AttentionContext::batched(Some(&self.rope), start, seq, pads, group, &self.device);
-        let mut x = self.embed_tokens.forward_rows(input.ids, rows, &self.device);
+        let ctx =
+            AttentionContext::batched(Some(&self.rope), start, seq, pads, group, &self.device);
+        let mut x = self
+            .embed_tokens
+            .forward_rows(input.ids, rows, &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
