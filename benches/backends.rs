@@ -1,11 +1,25 @@
-//! Backends side by side on the same model: prefill and decode through the public API.
+//! Backends side by side: every group has one entry per backend compiled in.
 //!
-//! `cargo bench --features ndarray,wgpu` compares every backend compiled in.
-//! KILN_BENCH_MODEL=DIR benchmarks a real model folder instead of the tiny shipped checkpoint.
+//! - `matmul_f32`: `[128 × 576] · [576 × 1536]` (a SmolLM2-135M MLP projection during prefill);
+//!   throughput in elements = floating-point operations (2·m·k·n).
+//! - `gemv_f32`: `[1 × 2048] · [2048 × 5632]` (a TinyLlama-1.1B MLP projection while decoding);
+//!   throughput in bytes of weights read.
+//! - `block_decode`: one decoder block's attention (GQA 9/3 heads, RoPE, KV cache at 128
+//!   positions) and gated MLP at SmolLM2-135M's width, for one new token.
+//! - `prefill_128`, `decode_16`: the whole model through the public API (the tiny shipped
+//!   checkpoint, or KILN_BENCH_MODEL=DIR).
+//!
+//! `cargo bench --features ndarray,wgpu` (wgpu needs an adapter; lavapipe is software).
+//! KILN_BENCH_DEVICES=flex,ndarray picks backends.
 
 use std::path::PathBuf;
 
+use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln::nn::{
+    Activation, Attention, AttentionConfig, AttentionContext, GatedMlp, LayerCache, Linear,
+    RopeScaling, RotaryEmbedding,
+};
 use kiln::{Device, GenerationConfig, Model};
 
 fn devices() -> Vec<Device> {
@@ -14,6 +28,10 @@ fn devices() -> Vec<Device> {
     d.push(Device::ndarray());
     #[cfg(feature = "wgpu")]
     d.push(Device::wgpu());
+    if let Ok(only) = std::env::var("KILN_BENCH_DEVICES") {
+        let want: Vec<&str> = only.split(',').map(str::trim).collect();
+        d.retain(|dev| want.contains(&dev.name()));
+    }
     d
 }
 
@@ -25,7 +43,82 @@ fn model_dir() -> PathBuf {
         })
 }
 
-fn bench(c: &mut Criterion) {
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 0.02), device.burn())
+}
+
+fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    let w: Vec<f32> = (0..d_in * d_out)
+        .map(|i| (((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5) * 0.04)
+        .collect();
+    Linear::from_pytorch(w, d_in, d_out, device)
+}
+
+fn kernels(c: &mut Criterion) {
+    for device in devices() {
+        let name = device.name();
+        let (m, k, n) = (128, 576, 1536);
+        let a = random([m, k], &device);
+        let b = random([k, n], &device);
+        let mut g = c.benchmark_group("matmul_f32");
+        g.sample_size(10);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        g.bench_function(BenchmarkId::from_parameter(name), |bench| {
+            bench.iter(|| a.clone().matmul(b.clone()).into_data())
+        });
+        g.finish();
+
+        let (k, n) = (2048, 5632);
+        let x = random([1, k], &device);
+        let w = random([k, n], &device);
+        let mut g = c.benchmark_group("gemv_f32");
+        g.sample_size(10);
+        g.throughput(Throughput::Bytes((k * n * 4) as u64));
+        g.bench_function(BenchmarkId::from_parameter(name), |bench| {
+            bench.iter(|| x.clone().matmul(w.clone()).into_data())
+        });
+        g.finish();
+    }
+}
+
+fn block(c: &mut Criterion) {
+    for device in devices() {
+        let (hidden, heads, kv_heads, head_dim, inter) = (576, 9, 3, 64, 1536);
+        let attn = Attention::from_parts(
+            linear(hidden, heads * head_dim, &device),
+            linear(hidden, kv_heads * head_dim, &device),
+            linear(hidden, kv_heads * head_dim, &device),
+            linear(heads * head_dim, hidden, &device),
+            AttentionConfig::new(hidden, heads, kv_heads, head_dim),
+        );
+        let mlp = GatedMlp::from_parts(
+            linear(hidden, inter, &device),
+            linear(hidden, inter, &device),
+            linear(inter, hidden, &device),
+            Activation::Silu,
+        );
+        let rope = RotaryEmbedding::new(head_dim, 100_000.0, &RopeScaling::Default).unwrap();
+        let past = 128;
+        let mut cache = LayerCache::default();
+        let prompt = random([1, past, hidden], &device);
+        let ctx = AttentionContext::new(Some(&rope), 0, past, heads / kv_heads, &device);
+        let _ = attn.forward(prompt, &ctx, &mut cache, 4096).into_data();
+        let x = random([1, 1, hidden], &device);
+        let mut g = c.benchmark_group("block_decode");
+        g.sample_size(10);
+        g.bench_function(BenchmarkId::from_parameter(device.name()), |bench| {
+            bench.iter(|| {
+                let mut cache = cache.clone();
+                let ctx = AttentionContext::new(Some(&rope), past, 1, heads / kv_heads, &device);
+                let h = x.clone() + attn.forward(x.clone(), &ctx, &mut cache, 4096);
+                (h.clone() + mlp.forward(h)).into_data()
+            })
+        });
+        g.finish();
+    }
+}
+
+fn model(c: &mut Criterion) {
     let dir = model_dir();
     for device in devices() {
         let model = match Model::load(&dir, &device) {
@@ -68,5 +161,5 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, kernels, block, model);
 criterion_main!(benches);

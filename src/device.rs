@@ -88,7 +88,10 @@ impl Device {
         #[allow(unused_variables)]
         let missing = |feature: &str| Error::Device {
             name: name.to_string(),
-            message: format!("this build of kiln lacks the `{feature}` cargo feature"),
+            message: format!(
+                "this build of kiln lacks the `{feature}` cargo feature; available: {}",
+                Self::available().join(", ")
+            ),
         };
         match name.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Self::cpu()),
@@ -112,9 +115,27 @@ impl Device {
             }
             _ => Err(Error::Device {
                 name: name.to_string(),
-                message: "unknown device; expected one of cpu, flex, ndarray, wgpu".into(),
+                message: format!(
+                    "unknown device; this build has {} (known names: cpu, flex, ndarray, wgpu, gpu, vulkan)",
+                    Self::available().join(", ")
+                ),
             }),
         }
+    }
+
+    /// The device names this build accepts (backends compiled in).
+    pub fn available() -> Vec<&'static str> {
+        let mut names = vec!["cpu"];
+        if cfg!(feature = "flex") {
+            names.push("flex");
+        }
+        if cfg!(feature = "ndarray") {
+            names.push("ndarray");
+        }
+        if cfg!(feature = "wgpu") {
+            names.push("wgpu");
+        }
+        names
     }
 
     /// Which backend this device runs.

@@ -357,4 +357,15 @@ fn context_overflow_and_bad_ids_and_arguments() {
 fn unknown_device_names() {
     let err = Device::from_name("tpu").unwrap_err();
     assert!(matches!(err, Error::Device { .. }) && err.to_string().contains("tpu"));
+    for name in Device::available() {
+        assert!(err.to_string().contains(name), "{err}");
+        assert_eq!(
+            Device::from_name(name).unwrap().name(),
+            if name == "cpu" {
+                Device::cpu().name()
+            } else {
+                name
+            }
+        );
+    }
 }
