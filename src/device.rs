@@ -123,6 +123,24 @@ impl Device {
         }
     }
 
+    /// The largest single weight tensor, in bytes, this device is given; larger embedding
+    /// tables and projections are stored in parts. wgpu: 128 MiB, the storage-buffer binding
+    /// size adapters commonly allow (lavapipe cannot allocate a 250 MB buffer); CPU: no limit.
+    /// `KILN_MAX_TENSOR_BYTES` overrides it on any device.
+    pub fn max_tensor_bytes(&self) -> usize {
+        if let Some(n) = std::env::var("KILN_MAX_TENSOR_BYTES")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+        {
+            return n;
+        }
+        match self.kind {
+            BackendKind::Wgpu => 128 << 20,
+            _ => usize::MAX,
+        }
+    }
+
     /// The device names this build accepts (backends compiled in).
     pub fn available() -> Vec<&'static str> {
         let mut names = vec!["cpu"];

@@ -8,9 +8,11 @@ use crate::error::Result;
 use crate::loading::WeightStore;
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
+/// A weight larger than the device's [`Device::max_tensor_bytes`] (a big vocabulary's output
+/// head on a GPU) is stored as blocks of output columns, multiplied one by one.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor<2>,
+    weight: Vec<Tensor<2>>,
     bias: Option<Tensor<1>>,
 }
 
@@ -94,7 +96,10 @@ impl Linear {
                 .collect();
             let bias = b[col..col + cols].to_vec();
             out.push(Self {
-                weight: Tensor::from_data(TensorData::new(block, [d_in, cols]), device.burn()),
+                weight: vec![Tensor::from_data(
+                    TensorData::new(block, [d_in, cols]),
+                    device.burn(),
+                )],
                 bias: Some(Tensor::from_data(
                     TensorData::new(bias, [cols]),
                     device.burn(),
@@ -107,12 +112,40 @@ impl Linear {
 
     /// Builds the layer from a row-major `[out, in]` host weight (as PyTorch stores it).
     pub fn from_pytorch(w: Vec<f32>, d_in: usize, d_out: usize, device: &Device) -> Self {
+        Self::from_pytorch_in_parts(w, d_in, d_out, device, device.max_tensor_bytes())
+    }
+
+    /// [`Linear::from_pytorch`] with the weight split into column blocks of at most
+    /// `max_bytes` each.
+    pub fn from_pytorch_in_parts(
+        w: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+        max_bytes: usize,
+    ) -> Self {
         let t = transpose(&w, d_out, d_in);
         drop(w);
-        Self {
-            weight: Tensor::from_data(TensorData::new(t, [d_in, d_out]), device.burn()),
-            bias: None,
-        }
+        let cols_per_part = (max_bytes / (4 * d_in.max(1))).clamp(1, d_out.max(1));
+        let weight = if cols_per_part >= d_out {
+            vec![Tensor::from_data(
+                TensorData::new(t, [d_in, d_out]),
+                device.burn(),
+            )]
+        } else {
+            (0..d_out)
+                .step_by(cols_per_part)
+                .map(|c0| {
+                    let c1 = (c0 + cols_per_part).min(d_out);
+                    let part: Vec<f32> = t
+                        .chunks(d_out)
+                        .flat_map(|row| row[c0..c1].iter().copied())
+                        .collect();
+                    Tensor::from_data(TensorData::new(part, [d_in, c1 - c0]), device.burn())
+                })
+                .collect()
+        };
+        Self { weight, bias: None }
     }
 
     fn with_bias(mut self, bias: Option<Tensor<1>>) -> Self {
@@ -123,12 +156,33 @@ impl Linear {
     /// # Shapes
     /// `x: [batch, seq, in]` → `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        module::linear(x, self.weight.clone(), self.bias.clone())
+        match self.weight.as_slice() {
+            [w] => module::linear(x, w.clone(), self.bias.clone()),
+            parts => {
+                let out = Tensor::cat(
+                    parts
+                        .iter()
+                        .map(|w| module::linear(x.clone(), w.clone(), None))
+                        .collect(),
+                    2,
+                );
+                match &self.bias {
+                    Some(b) => out + b.clone().unsqueeze::<3>(),
+                    None => out,
+                }
+            }
+        }
     }
 
     /// Output features.
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight.iter().map(|w| w.dims()[1]).sum()
+    }
+
+    /// How many column blocks the weight is stored in (1 unless it is larger than the
+    /// device's tensor limit).
+    pub fn parts(&self) -> usize {
+        self.weight.len()
     }
 }
 
@@ -147,6 +201,33 @@ fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn split_weight_gives_the_same_output() {
+        let d = Device::cpu();
+        let (d_in, d_out) = (6, 10);
+        let w: Vec<f32> = (0..d_in * d_out).map(|i| (i as f32 * 0.37).sin()).collect();
+        let whole = Linear::from_pytorch_in_parts(w.clone(), d_in, d_out, &d, usize::MAX);
+        let split = Linear::from_pytorch_in_parts(w, d_in, d_out, &d, 4 * d_in * 3);
+        assert_eq!((whole.parts(), split.parts()), (1, 4));
+        assert_eq!(split.d_out(), d_out);
+        let x: Tensor<3> = Tensor::from_data(
+            TensorData::new(
+                (0..2 * d_in).map(|i| i as f32 - 3.0).collect::<Vec<_>>(),
+                [1, 2, d_in],
+            ),
+            d.burn(),
+        );
+        let a = whole
+            .forward(x.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = split.forward(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn transpose_is_correct() {
         // [[1,2,3],[4,5,6]] -> [[1,4],[2,5],[3,6]]
