@@ -69,12 +69,7 @@ fn run(args: Args) -> kiln::Result<()> {
 
     if args.render_only {
         let messages = messages.unwrap_or_default();
-        let template = ChatTemplate::from_dir(&dir)?.ok_or_else(|| Error::ChatTemplate {
-            message: format!(
-                "{} has no chat template (neither chat_template.jinja nor a chat_template entry in tokenizer_config.json)",
-                dir.display()
-            ),
-        })?;
+        let template = ChatTemplate::from_dir(&dir)?.ok_or_else(|| ChatTemplate::missing(&dir))?;
         let prompt = template.render(&messages, true, None, None)?;
         if args.common.json {
             common::outln(serde_json::json!({ "prompt": prompt }).to_string());

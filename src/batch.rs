@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::generation::{Decoding, FinishReason, GenerationConfig};
-use crate::model::{to_vec, Model, PREFILL_CHUNK};
+use crate::model::{to_vec, Model};
 use crate::models::{Input, LogitsFor};
 
 /// What one prompt of a batch produced.
@@ -73,26 +73,9 @@ impl Model {
             .collect();
 
         let mut cache = self.lm().new_cache();
-        let mut last = None;
-        let mut from = 0;
-        while from < longest {
-            let to = (from + PREFILL_CHUNK).min(longest);
-            let ids: Vec<u32> = padded
-                .iter()
-                .flat_map(|r| r[from..to].iter().copied())
-                .collect();
-            last = Some(self.lm().forward(
-                Input {
-                    ids: &ids,
-                    pads: &pads,
-                },
-                &mut cache,
-                LogitsFor::Last,
-            )?);
-            from = to;
-        }
+        let rows_ids: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
         let vocab = self.vocab_size();
-        let mut logits = to_vec(last.expect("prompts are not empty"))?;
+        let mut logits = self.feed_rows(&rows_ids, &pads, &mut cache)?;
 
         let mut histories: Vec<Vec<u32>> = prompts.to_vec();
         let mut decodings = histories

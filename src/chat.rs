@@ -130,6 +130,17 @@ impl ChatTemplate {
         source.map(|s| Self::new(&s, &bos, &eos)).transpose()
     }
 
+    /// The error for a folder without a template.
+    pub fn missing(dir: &Path) -> Error {
+        Error::ChatTemplate {
+            message: format!(
+                "{} has no chat template (neither chat_template.jinja nor a chat_template entry \
+                 in tokenizer_config.json)",
+                dir.display()
+            ),
+        }
+    }
+
     /// Compiles `source`; a syntax error is [`Error::ChatTemplate`].
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();

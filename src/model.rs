@@ -143,13 +143,7 @@ impl Model {
     pub fn chat_template(&self) -> Result<&ChatTemplate> {
         match &self.inner.chat_template {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(Error::ChatTemplate {
-                message: format!(
-                    "{} has no chat template (neither chat_template.jinja nor a chat_template \
-                     entry in tokenizer_config.json)",
-                    self.inner.dir.display()
-                ),
-            }),
+            Ok(None) => Err(ChatTemplate::missing(&self.inner.dir)),
             Err(message) => Err(Error::ChatTemplate {
                 message: message.clone(),
             }),
@@ -171,7 +165,16 @@ impl Model {
     /// transformers does for chat: the template writes the special tokens itself, so the
     /// tokenizer adds none.
     pub fn chat_ids<M: Serialize>(&self, messages: &[M]) -> Result<Vec<u32>> {
-        let text = self.apply_chat_template(messages, true)?;
+        self.chat_ids_with_tools(messages, None)
+    }
+
+    /// [`Model::chat_ids`] with tool definitions passed to the template.
+    pub fn chat_ids_with_tools<M: Serialize>(
+        &self,
+        messages: &[M],
+        tools: Option<&serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        let text = self.chat_template()?.render(messages, true, tools, None)?;
         self.tokenizer()?.encode(&text, false)
     }
 
@@ -267,12 +270,31 @@ impl Model {
 
     /// Feeds `ids` after what `cache` holds, in chunks, and returns the last position's logits.
     pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.feed_rows(&[ids], &[0], cache)
+    }
+
+    /// Feeds equally long rows (left-padded, see [`Input`]) after what `cache` holds, in chunks
+    /// of [`PREFILL_CHUNK`] slots; returns each row's last-position logits, row after row.
+    pub(crate) fn feed_rows(
+        &self,
+        rows: &[&[u32]],
+        pads: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let len = rows.first().map_or(0, |r| r.len());
         let mut last = None;
-        for chunk in ids.chunks(PREFILL_CHUNK) {
+        let mut from = 0;
+        while from < len {
+            let to = (from + PREFILL_CHUNK).min(len);
+            let ids: Vec<u32> = rows
+                .iter()
+                .flat_map(|r| r[from..to].iter().copied())
+                .collect();
             last = Some(
                 self.lm()
-                    .forward(Input::single(chunk), cache, LogitsFor::Last)?,
+                    .forward(Input { ids: &ids, pads }, cache, LogitsFor::Last)?,
             );
+            from = to;
         }
         let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
         to_vec(last)

@@ -83,11 +83,7 @@ impl Session {
         tools: &serde_json::Value,
         cfg: &GenerationConfig,
     ) -> Result<Generator<'_>> {
-        let text = self
-            .model
-            .chat_template()?
-            .render(messages, true, Some(tools), None)?;
-        let ids = self.model.tokenizer()?.encode(&text, false)?;
+        let ids = self.model.chat_ids_with_tools(messages, Some(tools))?;
         self.continue_chat(ids, cfg)
     }
 

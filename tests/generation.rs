@@ -127,7 +127,6 @@ fn sampling_is_reproducible_by_seed() {
 fn stop_string_across_tokens() {
     let (dir, _) = llama();
     let model = Model::load(&dir, &Device::cpu()).unwrap();
-    let tok = model.tokenizer().unwrap();
     let cfg = GenerationConfig::default()
         .max_new_tokens(24)
         .ignore_eos(true);
@@ -156,7 +155,6 @@ fn stop_string_across_tokens() {
         }
     }
     let (stop, at) = chosen.expect("two tokens with text in the greedy output");
-    let _ = tok;
     let mut session = model.session();
     let mut gen = session
         .generate("Once upon a time", &cfg.clone().stop(stop.clone()))

@@ -222,9 +222,9 @@ mod tests {
         let a = whole
             .forward(x.clone())
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap();
-        let b = split.forward(x).into_data().to_vec::<f32>().unwrap();
+        let b = split.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(a, b);
     }
 
