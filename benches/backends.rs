@@ -27,7 +27,10 @@ fn devices() -> Vec<Device> {
     #[cfg(feature = "ndarray")]
     d.push(Device::ndarray());
     #[cfg(feature = "wgpu")]
-    d.push(Device::wgpu());
+    match Device::try_wgpu() {
+        Ok(w) => d.push(w),
+        Err(e) => eprintln!("skipping wgpu: {e}"),
+    }
     if let Ok(only) = std::env::var("KILN_BENCH_DEVICES") {
         let want: Vec<&str> = only.split(',').map(str::trim).collect();
         d.retain(|dev| want.contains(&dev.name()));

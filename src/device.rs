@@ -72,12 +72,38 @@ impl Device {
     }
 
     /// burn-wgpu on the best adapter wgpu finds (a software Vulkan driver when there is no GPU).
+    /// Without any adapter, the first operation on it panics inside burn; [`Device::try_wgpu`]
+    /// (and [`Device::from_name`]) check first and return an error instead.
     #[cfg(feature = "wgpu")]
     pub fn wgpu() -> Self {
         Self {
             inner: burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             kind: BackendKind::Wgpu,
         }
+    }
+
+    /// burn-wgpu, after checking that wgpu finds an adapter: [`Error::Device`] when there is
+    /// none (no GPU driver and no software Vulkan such as Mesa's lavapipe).
+    #[cfg(feature = "wgpu")]
+    pub fn try_wgpu() -> Result<Self> {
+        let adapters = wgpu_adapters();
+        if adapters.is_empty() {
+            return Err(Error::Device {
+                name: "wgpu".into(),
+                message: format!(
+                    "wgpu found no adapter (no Vulkan, Metal, DX12 or GL driver); install a GPU \
+                     driver, or Mesa's software Vulkan (Debian/Ubuntu: mesa-vulkan-drivers), or \
+                     pick another device: {}",
+                    Self::available()
+                        .into_iter()
+                        .filter(|d| *d != "wgpu")
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        tracing::info!("wgpu adapters: {}", adapters.join("; "));
+        Ok(Self::wgpu())
     }
 
     /// Parses a device name: `cpu`, `flex`, `ndarray`, `wgpu` (or `gpu`).
@@ -109,7 +135,7 @@ impl Device {
             }
             "wgpu" | "gpu" | "vulkan" => {
                 #[cfg(feature = "wgpu")]
-                return Ok(Self::wgpu());
+                return Self::try_wgpu();
                 #[allow(unreachable_code)]
                 Err(missing("wgpu"))
             }
@@ -169,6 +195,35 @@ impl Device {
     /// The underlying burn device, for code that builds its own tensors.
     pub fn burn(&self) -> &burn::tensor::Device {
         &self.inner
+    }
+}
+
+/// The adapters wgpu finds on every graphics API, described as `name (backend, type)`.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapters() -> Vec<String> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect()
+}
+
+/// Drives a future that is ready at once (wgpu's native adapter listing) to completion.
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
     }
 }
 

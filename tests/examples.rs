@@ -231,3 +231,24 @@ fn chat_and_generate_chat_json() {
         );
     }
 }
+
+/// With no adapter at all (Vulkan and EGL drivers hidden), `--device wgpu` is a one-line typed
+/// error with status 1 that says what to install, not a panic inside burn.
+#[cfg(all(feature = "wgpu", target_os = "linux"))]
+#[test]
+fn wgpu_without_adapter_is_an_error() {
+    let out = example("generate")
+        .env("VK_ICD_FILENAMES", "/nonexistent")
+        .env("VK_DRIVER_FILES", "/nonexistent")
+        .env("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent")
+        .args(["--model"])
+        .arg(common::fixtures_dir().join("llama-f32"))
+        .args(["--device", "wgpu", "--prompt", "Hi", "--max-new-tokens", "2"])
+        .output()
+        .unwrap();
+    let err = stderr_line(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: device \"wgpu\": wgpu found no adapter"), "{err}");
+    assert!(err.contains("mesa-vulkan-drivers") && !err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -48,15 +48,18 @@ pub fn fixtures() -> Vec<(String, PathBuf, Expected)> {
     out
 }
 
-/// The devices the tests run on: every backend compiled in. wgpu is included only when an
-/// adapter exists (CI installs lavapipe); KILN_TEST_WGPU=0 leaves it out.
+/// The devices the tests run on: every backend compiled in. A build with `wgpu` needs an
+/// adapter (CI installs lavapipe) and fails without one; KILN_TEST_WGPU=0 leaves it out.
 pub fn devices() -> Vec<kiln::Device> {
     let mut d = vec![kiln::Device::cpu()];
     #[cfg(feature = "ndarray")]
     d.push(kiln::Device::ndarray());
     #[cfg(feature = "wgpu")]
     if std::env::var("KILN_TEST_WGPU").as_deref() != Ok("0") {
-        d.push(kiln::Device::wgpu());
+        d.push(
+            kiln::Device::try_wgpu()
+                .unwrap_or_else(|e| panic!("{e} (KILN_TEST_WGPU=0 skips the wgpu tests)")),
+        );
     }
     d
 }
