@@ -1,5 +1,6 @@
 //! Prefill and decode speed: `cargo run --release --example bench -- --model DIR --device flex`.
-//! Runs P prompt tokens then G greedy tokens (EOS ignored) after one warm-up; needs no tokenizer.
+//! Runs P prompt tokens then G greedy tokens (EOS ignored) after one identical warm-up run;
+//! needs no tokenizer. `--runs N` repeats the measurement and reports the last.
 
 mod common;
 
@@ -21,6 +22,10 @@ struct Args {
     /// Generated tokens.
     #[arg(long, default_value_t = 64)]
     gen: usize,
+    /// Measured runs after the warm-up; the last one is reported (GPU backends compile and
+    /// tune kernels for new shapes during the first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
 }
 
 fn main() -> ExitCode {
@@ -47,22 +52,30 @@ fn run(args: Args) -> kiln::Result<()> {
     let cfg = GenerationConfig::default()
         .max_new_tokens(args.gen)
         .ignore_eos(true);
-    // Warm-up: a short run through the same code paths.
+    // Warm-up: the measured run itself once, so GPU backends have compiled and tuned their
+    // kernels for these shapes (and CPU caches and allocators are warm) before timing.
     {
         let mut s = model.session();
-        let warm = GenerationConfig::default()
-            .max_new_tokens(4.min(args.gen))
-            .ignore_eos(true);
-        for t in s.generate_ids(&ids[..ids.len().min(16)], &warm)? {
+        for t in s.generate_ids(&ids, &cfg)? {
             t?;
         }
     }
-    let mut session = model.session();
-    let mut gen = session.generate_ids(&ids, &cfg)?;
-    for t in gen.by_ref() {
-        t?;
+    let mut stats = None;
+    for _ in 0..args.runs {
+        let mut session = model.session();
+        let mut gen = session.generate_ids(&ids, &cfg)?;
+        for t in gen.by_ref() {
+            t?;
+        }
+        let s = gen.stats();
+        tracing::info!(
+            "run: prefill {:.1} tok/s, decode {:.2} tok/s",
+            s.prefill_tokens_per_s(),
+            s.decode_tokens_per_s()
+        );
+        stats = Some(s);
     }
-    let stats = gen.stats();
+    let stats = stats.expect("--runs is at least 1");
     let out = serde_json::json!({
         "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
         "decode_tokens_per_s": stats.decode_tokens_per_s(),

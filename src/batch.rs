@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::generation::{Decoding, FinishReason, GenerationConfig};
-use crate::model::{to_vec, Model};
+use crate::model::{Logits, Model};
 use crate::models::{Input, LogitsFor};
 
 /// What one prompt of a batch produced.
@@ -84,13 +84,25 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let mut texts = vec![String::new(); rows];
         loop {
+            // Greedy rows without processors take the device's argmax: only ids come back.
+            let (picked, scores) = if decodings.iter().all(Decoding::picks_argmax) {
+                (Some(logits.argmax()?), Vec::new())
+            } else {
+                (None, logits.to_vec()?)
+            };
             for (r, d) in decodings.iter_mut().enumerate() {
                 if d.finish.is_some() {
                     continue;
                 }
-                let row = &mut logits[r * vocab..(r + 1) * vocab];
+                let id = match &picked {
+                    Some(ids) => ids[r],
+                    None => {
+                        let mut row = scores[r * vocab..(r + 1) * vocab].to_vec();
+                        d.pick(&mut row, &histories[r])
+                    }
+                };
                 let used = pads[r] + histories[r].len();
-                let token = d.step(self, row, &histories[r], used)?;
+                let token = d.accept(self, id, used)?;
                 histories[r].push(token.id);
                 texts[r].push_str(&token.text);
             }
@@ -99,14 +111,14 @@ impl Model {
             }
             // Every row takes a step (finished rows repeat their last token, unused).
             let ids: Vec<u32> = histories.iter().map(|h| h[h.len() - 1]).collect();
-            logits = to_vec(self.lm().forward(
+            logits = Logits(self.lm().forward(
                 Input {
                     ids: &ids,
                     pads: &pads,
                 },
                 &mut cache,
                 LogitsFor::Last,
-            )?)?;
+            )?);
         }
         Ok(histories
             .into_iter()

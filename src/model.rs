@@ -269,7 +269,7 @@ impl Model {
     }
 
     /// Feeds `ids` after what `cache` holds, in chunks, and returns the last position's logits.
-    pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    pub(crate) fn feed(&self, ids: &[u32], cache: &mut KvCache) -> Result<Logits> {
         self.feed_rows(&[ids], &[0], cache)
     }
 
@@ -280,7 +280,7 @@ impl Model {
         rows: &[&[u32]],
         pads: &[usize],
         cache: &mut KvCache,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Logits> {
         let len = rows.first().map_or(0, |r| r.len());
         let mut last = None;
         let mut from = 0;
@@ -297,7 +297,7 @@ impl Model {
             from = to;
         }
         let last = last.ok_or_else(|| Error::invalid_arg("ids", "nothing to run: no tokens"))?;
-        to_vec(last)
+        Ok(Logits(last))
     }
 
     /// Logits at every position of `ids` (a fresh sequence), one row of `vocab_size` per token.
@@ -353,6 +353,30 @@ impl Model {
             start += chunk.len();
         }
         Ok(out)
+    }
+}
+
+/// Each row's next-token scores, `[rows, vocab]`, still on the device: greedy decoding reads
+/// back only the chosen ids ([`Logits::argmax`]), everything else the whole rows.
+pub(crate) struct Logits(pub(crate) Tensor<2>);
+
+impl Logits {
+    /// The scores on the host, row after row.
+    pub(crate) fn to_vec(self) -> Result<Vec<f32>> {
+        to_vec(self.0)
+    }
+
+    /// Each row's highest-scoring id, computed on the device.
+    pub(crate) fn argmax(self) -> Result<Vec<u32>> {
+        let ids = self
+            .0
+            .argmax(1)
+            .try_into_data()
+            .map_err(|e| Error::Backend(format!("reading a result back: {e:?}")))?
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .map_err(|e| Error::Backend(format!("reading a result back: {e:?}")))?;
+        Ok(ids.into_iter().map(|i| i as u32).collect())
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, Generator};
-use crate::model::Model;
+use crate::model::{Logits, Model};
 use crate::nn::KvCache;
 
 /// One sequence's state. Positions come from the cache; a second `generate` continues from
@@ -131,7 +131,6 @@ impl Session {
         let logits = self
             .run_pending()
             .inspect_err(|_| self.tokens.truncate(before))?;
-        let prefill_s = t0.elapsed().as_secs_f64();
         let prompt_tokens = self.tokens.len() - cached;
         let decoder_context = self.tokens[context_start..].to_vec();
         Generator::new(
@@ -141,7 +140,7 @@ impl Session {
             decoder_context,
             prompt_tokens,
             cached,
-            prefill_s,
+            t0,
         )
     }
 
@@ -155,11 +154,12 @@ impl Session {
         let before = self.tokens.len();
         self.tokens.extend_from_slice(ids);
         self.run_pending()
+            .and_then(Logits::to_vec)
             .inspect_err(|_| self.tokens.truncate(before))
     }
 
     /// Runs the tokens not yet in the cache; returns the last position's logits.
-    pub(crate) fn run_pending(&mut self) -> Result<Vec<f32>> {
+    pub(crate) fn run_pending(&mut self) -> Result<Logits> {
         let done = self.cache.len();
         if done == self.tokens.len() {
             if done == 0 {

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::error::Result;
 use crate::generation::{GenerationConfig, ProcessorChain, Sampler, StopMatcher};
-use crate::model::Model;
+use crate::model::{Logits, Model};
 use crate::session::Session;
 use crate::tokenizer::IncrementalDecoder;
 
@@ -117,18 +117,32 @@ impl Decoding {
         })
     }
 
-    /// Picks the next token from `logits` (the scores after `history`), decides whether it
-    /// ends the generation, and returns it with the text it releases. `context_used` counts
-    /// the cache slots the sequence fills before this token.
-    pub(crate) fn step(
-        &mut self,
-        model: &Model,
-        logits: &mut [f32],
-        history: &[u32],
-        context_used: usize,
-    ) -> Result<Token> {
+    /// Whether the next id is the plain argmax of the scores (greedy, no processors), which the
+    /// device can compute so that only the id is read back.
+    pub(crate) fn picks_argmax(&self) -> bool {
+        self.sampler.is_greedy() && self.chain.is_empty()
+    }
+
+    /// Picks the next id from a row of scores for the sequence `history`: processors, then
+    /// the sampler.
+    pub(crate) fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.chain.process(logits, history);
-        let id = self.sampler.sample(logits);
+        self.sampler.sample(logits)
+    }
+
+    /// Picks the next id from one row of `logits` (see [`Decoding::pick`]).
+    pub(crate) fn pick_from(&mut self, logits: Logits, history: &[u32]) -> Result<u32> {
+        if self.picks_argmax() {
+            return Ok(logits.argmax()?[0]);
+        }
+        let mut row = logits.to_vec()?;
+        Ok(self.pick(&mut row, history))
+    }
+
+    /// Takes `id` as the next token: decides whether it ends the generation, and returns it
+    /// with the text it releases. `context_used` counts the cache slots the sequence fills
+    /// before this token.
+    pub(crate) fn accept(&mut self, model: &Model, id: u32, context_used: usize) -> Result<Token> {
         let is_eos = model.eos_token_ids().contains(&id);
         let full = context_used + 1 >= model.max_context();
         let tokenizer = model.tokenizer().ok();
@@ -174,7 +188,8 @@ impl Decoding {
 pub struct Generator<'a> {
     session: &'a mut Session,
     decoding: Decoding,
-    logits: Option<Vec<f32>>,
+    /// The prompt's scores and when its pass began, until the first token is taken.
+    prefill: Option<(Logits, Instant)>,
     stats: GenerationStats,
 }
 
@@ -182,21 +197,20 @@ impl<'a> Generator<'a> {
     pub(crate) fn new(
         session: &'a mut Session,
         cfg: &GenerationConfig,
-        logits: Vec<f32>,
+        logits: Logits,
         decoder_context: Vec<u32>,
         prompt_tokens: usize,
         cached_tokens: usize,
-        prefill_s: f64,
+        prefill_started: Instant,
     ) -> Result<Self> {
         let generated_from = session.tokens().len();
         let decoding = Decoding::new(session.model(), cfg, &decoder_context, generated_from)?;
         Ok(Self {
             decoding,
-            logits: Some(logits),
+            prefill: Some((logits, prefill_started)),
             stats: GenerationStats {
                 prompt_tokens,
                 cached_tokens,
-                prefill_s,
                 ..Default::default()
             },
             session,
@@ -213,21 +227,27 @@ impl<'a> Generator<'a> {
         self.stats
     }
 
+    /// Picks the next id. The prompt pass is timed up to its first id, each decode step from
+    /// its forward pass to its id (the read-back waits for the device).
+    fn next_id(&mut self) -> Result<u32> {
+        if let Some((logits, t0)) = self.prefill.take() {
+            let id = self.decoding.pick_from(logits, self.session.tokens())?;
+            self.stats.prefill_s = t0.elapsed().as_secs_f64();
+            return Ok(id);
+        }
+        let t0 = Instant::now();
+        let logits = self.session.run_pending()?;
+        let id = self.decoding.pick_from(logits, self.session.tokens())?;
+        self.stats.decode_s += t0.elapsed().as_secs_f64();
+        self.stats.decode_steps += 1;
+        Ok(id)
+    }
+
     fn step(&mut self) -> Result<Token> {
-        let mut logits = match self.logits.take() {
-            Some(l) => l,
-            None => {
-                let t0 = Instant::now();
-                let l = self.session.run_pending()?;
-                self.stats.decode_s += t0.elapsed().as_secs_f64();
-                self.stats.decode_steps += 1;
-                l
-            }
-        };
+        let id = self.next_id()?;
         let model = self.session.model().clone();
-        let history = self.session.tokens();
-        let used = history.len();
-        let token = self.decoding.step(&model, &mut logits, history, used)?;
+        let used = self.session.tokens().len();
+        let token = self.decoding.accept(&model, id, used)?;
         self.session.push_token(token.id);
         self.stats.generated_tokens += 1;
         Ok(token)

@@ -217,6 +217,11 @@ impl ProcessorChain {
         self.steps.push(p);
     }
 
+    /// Whether there are no steps.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
     /// Runs every step.
     pub fn process(&self, logits: &mut [f32], history: &[u32]) {
         for s in &self.steps {

@@ -24,6 +24,11 @@ impl Sampler {
         }
     }
 
+    /// Whether this is the argmax sampler.
+    pub fn is_greedy(&self) -> bool {
+        self.rng.is_none()
+    }
+
     /// Picks a token id.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         match &mut self.rng {
