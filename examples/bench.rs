@@ -34,7 +34,6 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    let dtype = args.common.dtype()?;
     if args.prompt_len == 0 {
         return Err(kiln::Error::InvalidArgument {
             name: "--prompt-len".into(),
@@ -82,7 +81,7 @@ fn run(args: Args) -> kiln::Result<()> {
         "load_s": load_s,
         "peak_rss_bytes": common::peak_rss_bytes(),
         "device": device.name(),
-        "dtype": dtype,
+        "dtype": device.dtype().name(),
         "prompt_len": args.prompt_len,
         "gen": stats.generated_tokens,
     });

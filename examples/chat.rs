@@ -63,7 +63,6 @@ fn read_messages(path: &std::path::Path) -> kiln::Result<Vec<serde_json::Value>>
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    let _dtype = args.common.dtype()?;
     let dir = args.common.model_dir()?;
     let messages = args.messages.as_deref().map(read_messages).transpose()?;
 

@@ -33,7 +33,6 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    let _dtype = args.common.dtype()?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| kiln::Error::Io {

@@ -24,7 +24,6 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    args.common.dtype()?;
     let text = std::fs::read_to_string(&args.file).map_err(|e| kiln::Error::Io {
         path: args.file.clone(),
         source: e,

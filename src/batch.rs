@@ -88,7 +88,7 @@ impl Model {
             let (picked, scores) = if decodings.iter().all(Decoding::picks_argmax) {
                 (Some(logits.argmax()?), Vec::new())
             } else {
-                (None, logits.to_vec()?)
+                (None, logits.into_vec()?)
             };
             for (r, d) in decodings.iter_mut().enumerate() {
                 if d.finish.is_some() {

@@ -28,11 +28,62 @@ impl BackendKind {
     }
 }
 
-/// A compute device: which backend runs the model, and on which hardware.
+/// The floating-point type weights are kept in and activations computed in.
+///
+/// `F32` everywhere by default. `F16` halves weight memory and traffic and uses half-precision
+/// kernels (GPUs with shader-f16, and burn-flex's f16 GEMM); norms, softmax and the final
+/// scores are still computed in f32, as transformers does for half-precision models. `Bf16`
+/// is accepted on burn-flex only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// 32-bit IEEE float.
+    #[default]
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Dtype {
+    /// `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses `f32`, `f16` or `bf16` (`float32`, `float16`, `bfloat16` too).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(Error::invalid_arg(
+                "dtype",
+                format!("unknown dtype {name:?}; expected f32, f16 or bf16"),
+            )),
+        }
+    }
+
+    /// burn's name for it.
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            Dtype::F32 => burn::tensor::DType::F32,
+            Dtype::F16 => burn::tensor::DType::F16,
+            Dtype::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
+/// A compute device: which backend runs the model, on which hardware, in which float type.
 #[derive(Debug, Clone)]
 pub struct Device {
     inner: burn::tensor::Device,
     kind: BackendKind,
+    dtype: Dtype,
 }
 
 impl Device {
@@ -58,6 +109,7 @@ impl Device {
         Self {
             inner: burn::tensor::Device::flex(),
             kind: BackendKind::Flex,
+            dtype: Dtype::F32,
         }
     }
 
@@ -68,6 +120,7 @@ impl Device {
         Self {
             inner: burn::tensor::Device::ndarray(),
             kind: BackendKind::NdArray,
+            dtype: Dtype::F32,
         }
     }
 
@@ -79,6 +132,7 @@ impl Device {
         Self {
             inner: burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             kind: BackendKind::Wgpu,
+            dtype: Dtype::F32,
         }
     }
 
@@ -182,6 +236,46 @@ impl Device {
         names
     }
 
+    /// This device computing in `dtype`: [`Error::Device`] when the backend cannot (f16 needs
+    /// a wgpu adapter with shader-f16, or burn-flex; bf16 needs burn-flex).
+    pub fn with_dtype(self, dtype: Dtype) -> Result<Self> {
+        let supported = match (self.kind, dtype) {
+            (_, Dtype::F32) => Ok(()),
+            (BackendKind::Flex, _) => Ok(()),
+            (BackendKind::NdArray, _) => Err("burn-ndarray computes in f32 only".to_string()),
+            (BackendKind::Wgpu, Dtype::F16) => {
+                #[cfg(feature = "wgpu")]
+                {
+                    if wgpu_supports_f16() {
+                        Ok(())
+                    } else {
+                        Err("this wgpu adapter lacks shader-f16".to_string())
+                    }
+                }
+                #[cfg(not(feature = "wgpu"))]
+                Ok(())
+            }
+            (BackendKind::Wgpu, Dtype::Bf16) => {
+                Err("wgpu shaders have no bf16; use f16 or f32".to_string())
+            }
+        };
+        supported.map_err(|why| Error::Device {
+            name: self.name().to_string(),
+            message: format!("cannot compute in {}: {why}", dtype.name()),
+        })?;
+        Ok(Self { dtype, ..self })
+    }
+
+    /// The float type this device computes in.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Creation options for float tensors: this device, this dtype.
+    pub fn floats(&self) -> burn::tensor::TensorCreationOptions {
+        (&self.inner, self.dtype.burn()).into()
+    }
+
     /// Which backend this device runs.
     pub fn kind(&self) -> BackendKind {
         self.kind
@@ -212,6 +306,20 @@ fn wgpu_adapters() -> Vec<String> {
             format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
         })
         .collect()
+}
+
+/// Whether the adapter burn takes (the high-performance one) has shader-f16.
+#[cfg(feature = "wgpu")]
+fn wgpu_supports_f16() -> bool {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        ..Default::default()
+    }));
+    adapter.is_ok_and(|a| a.features().contains(wgpu::Features::SHADER_F16))
 }
 
 /// Drives a future that is ready at once (wgpu's native adapter listing) to completion.

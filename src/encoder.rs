@@ -152,7 +152,8 @@ impl Encoder {
         for (i, seq) in batch.iter().enumerate() {
             weights[i * t..i * t + seq.len()].fill(1.0);
         }
-        let mask = Tensor::<3>::from_data(TensorData::new(weights, [b, t, 1]), self.device.burn());
+        let mask =
+            Tensor::<3>::from_data(TensorData::new(weights, [b, t, 1]), self.device.floats());
         let pooled = match self.pooling {
             Pooling::Cls => hidden.slice([0..b, 0..1, 0..h]).reshape([b, h]),
             Pooling::Mean => {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::{activation, Int, Tensor, TensorData};
+use burn::tensor::{activation, FloatDType, Int, Tensor, TensorData};
 
 use serde::Serialize;
 
@@ -341,7 +341,10 @@ impl Model {
             let n = chunk.len().min(ids.len() - 1 - start);
             if n > 0 {
                 let [_, vocab] = logits.dims();
-                let logp = activation::log_softmax(logits.slice([0..n, 0..vocab]), 1);
+                let logp = activation::log_softmax(
+                    logits.slice([0..n, 0..vocab]).cast(FloatDType::F32),
+                    1,
+                );
                 let targets: Vec<i64> = ids[start + 1..start + 1 + n]
                     .iter()
                     .map(|&t| t as i64)
@@ -362,7 +365,7 @@ pub(crate) struct Logits(pub(crate) Tensor<2>);
 
 impl Logits {
     /// The scores on the host, row after row.
-    pub(crate) fn to_vec(self) -> Result<Vec<f32>> {
+    pub(crate) fn into_vec(self) -> Result<Vec<f32>> {
         to_vec(self.0)
     }
 

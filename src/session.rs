@@ -154,7 +154,7 @@ impl Session {
         let before = self.tokens.len();
         self.tokens.extend_from_slice(ids);
         self.run_pending()
-            .and_then(Logits::to_vec)
+            .and_then(Logits::into_vec)
             .inspect_err(|_| self.tokens.truncate(before))
     }
 

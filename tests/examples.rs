@@ -243,12 +243,25 @@ fn wgpu_without_adapter_is_an_error() {
         .env("__EGL_VENDOR_LIBRARY_FILENAMES", "/nonexistent")
         .args(["--model"])
         .arg(common::fixtures_dir().join("llama-f32"))
-        .args(["--device", "wgpu", "--prompt", "Hi", "--max-new-tokens", "2"])
+        .args([
+            "--device",
+            "wgpu",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "2",
+        ])
         .output()
         .unwrap();
     let err = stderr_line(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.starts_with("error: device \"wgpu\": wgpu found no adapter"), "{err}");
-    assert!(err.contains("mesa-vulkan-drivers") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.starts_with("error: device \"wgpu\": wgpu found no adapter"),
+        "{err}"
+    );
+    assert!(
+        err.contains("mesa-vulkan-drivers") && !err.contains("panicked"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -16,7 +16,7 @@ pub struct CommonArgs {
     /// Backend: cpu (default CPU backend), flex, ndarray, wgpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype: f32 (f16/bf16 weights are widened to f32 on CPU).
+    /// Compute dtype: f32 (default), f16 (wgpu with shader-f16, flex) or bf16 (flex).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Print one JSON object on stdout and nothing else.
@@ -153,22 +153,23 @@ impl CommonArgs {
         }
     }
 
-    /// Parses --device.
+    /// Parses --device and --dtype.
     pub fn device(&self) -> kiln::Result<kiln::Device> {
-        kiln::Device::from_name(&self.device)
+        let device = kiln::Device::from_name(&self.device)?;
+        let dtype = self.dtype()?;
+        if dtype == kiln::Dtype::F32 {
+            return Ok(device);
+        }
+        device.with_dtype(dtype)
     }
 
-    /// Checks --dtype; returns its name.
-    pub fn dtype(&self) -> kiln::Result<&'static str> {
+    /// Parses --dtype (f32 when absent).
+    pub fn dtype(&self) -> kiln::Result<kiln::Dtype> {
         match self.dtype.as_deref() {
-            None | Some("f32") => Ok("f32"),
-            Some(d @ ("f16" | "bf16")) => Err(kiln::Error::InvalidArgument {
+            None => Ok(kiln::Dtype::F32),
+            Some(d) => kiln::Dtype::from_name(d).map_err(|_| kiln::Error::InvalidArgument {
                 name: "--dtype".into(),
-                message: format!("{d} compute is not implemented yet; f16/bf16 weights run in f32 (use --dtype f32)"),
-            }),
-            Some(other) => Err(kiln::Error::InvalidArgument {
-                name: "--dtype".into(),
-                message: format!("unknown dtype {other:?}; expected f32, f16 or bf16"),
+                message: format!("unknown dtype {d:?}; expected f32, f16 or bf16"),
             }),
         }
     }

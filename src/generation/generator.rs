@@ -135,7 +135,7 @@ impl Decoding {
         if self.picks_argmax() {
             return Ok(logits.argmax()?[0]);
         }
-        let mut row = logits.to_vec()?;
+        let mut row = logits.into_vec()?;
         Ok(self.pick(&mut row, history))
     }
 

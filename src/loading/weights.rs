@@ -209,7 +209,7 @@ impl WeightStore {
         let data = self.read_f32(name, &shape)?;
         Ok(Tensor::from_data(
             TensorData::new(data, shape),
-            device.burn(),
+            device.floats(),
         ))
     }
 

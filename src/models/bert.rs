@@ -286,7 +286,8 @@ impl Bert {
             .slice([0..1, 0..h])
             .reshape([1, 1, h]);
         let mut x = self.embed_norm.forward(words + pos + types);
-        let key_bias = Tensor::<4>::from_data(TensorData::new(bias, [b, 1, 1, t]), dev);
+        let key_bias =
+            Tensor::<4>::from_data(TensorData::new(bias, [b, 1, 1, t]), self.device.floats());
         for layer in &self.layers {
             let a = layer
                 .attention

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use burn::tensor::{activation, Tensor, TensorData};
+use burn::tensor::{activation, FloatDType, Tensor, TensorData};
 
 use crate::device::Device;
 use crate::error::Result;
@@ -203,7 +203,7 @@ fn build_mask(
     }
     Some(Tensor::from_data(
         TensorData::new(m, [pads.len(), 1, group * seq, total]),
-        device.burn(),
+        device.floats(),
     ))
 }
 
@@ -348,7 +348,9 @@ impl Attention {
         if let Some(bias) = bias {
             scores = scores + bias;
         }
-        let probs = activation::softmax(scores, 3);
+        // Softmax in f32 whatever the compute dtype, as transformers' eager attention.
+        let dtype = scores.dtype();
+        let probs = activation::softmax(scores.cast(FloatDType::F32), 3).cast(dtype);
         let out = probs
             .matmul(v)
             .reshape([b, heads, seq, head_dim])

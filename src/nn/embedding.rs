@@ -54,7 +54,7 @@ impl Embedding {
                 let block = data[r0 * hidden..r1 * hidden].to_vec();
                 (
                     r0,
-                    Tensor::from_data(TensorData::new(block, [r1 - r0, hidden]), device.burn()),
+                    Tensor::from_data(TensorData::new(block, [r1 - r0, hidden]), device.floats()),
                 )
             })
             .collect();
@@ -128,8 +128,16 @@ mod tests {
         let split = Embedding::from_rows_in_parts(data, vocab, hidden, &d, 4 * hidden * 3);
         assert_eq!((whole.parts(), split.parts()), (1, 4));
         let ids = [10, 0, 5, 5, 3, 9, 1];
-        let a = whole.forward(&ids, &d).into_data().try_to_vec::<f32>().unwrap();
-        let b = split.forward(&ids, &d).into_data().try_to_vec::<f32>().unwrap();
+        let a = whole
+            .forward(&ids, &d)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let b = split
+            .forward(&ids, &d)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(&b[..4], &[40.0, 41.0, 42.0, 43.0]);
     }

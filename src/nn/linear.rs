@@ -98,11 +98,11 @@ impl Linear {
             out.push(Self {
                 weight: vec![Tensor::from_data(
                     TensorData::new(block, [d_in, cols]),
-                    device.burn(),
+                    device.floats(),
                 )],
                 bias: Some(Tensor::from_data(
                     TensorData::new(bias, [cols]),
-                    device.burn(),
+                    device.floats(),
                 )),
             });
             col += cols;
@@ -130,7 +130,7 @@ impl Linear {
         let weight = if cols_per_part >= d_out {
             vec![Tensor::from_data(
                 TensorData::new(t, [d_in, d_out]),
-                device.burn(),
+                device.floats(),
             )]
         } else {
             (0..d_out)
@@ -141,7 +141,7 @@ impl Linear {
                         .chunks(d_out)
                         .flat_map(|row| row[c0..c1].iter().copied())
                         .collect();
-                    Tensor::from_data(TensorData::new(part, [d_in, c1 - c0]), device.burn())
+                    Tensor::from_data(TensorData::new(part, [d_in, c1 - c0]), device.floats())
                 })
                 .collect()
         };

@@ -114,7 +114,8 @@ impl SparseMoe {
             }
             let n = tokens.len();
             let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [n]), &device);
-            let w = Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), &device);
+            let w =
+                Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), (&device, flat.dtype()));
             let xs = flat.clone().select(0, idx.clone()).reshape([1, n, hidden]);
             let ys = expert.forward(xs).reshape([n, hidden]) * w;
             out = out.select_assign(0, idx, ys, IndexingUpdateOp::Add);

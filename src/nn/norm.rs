@@ -1,6 +1,6 @@
 //! Normalisation layers.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use crate::device::Device;
 use crate::error::Result;
@@ -38,7 +38,7 @@ impl RmsNorm {
         let mut w = store.read_f32(&format!("{prefix}.weight"), &[dim])?;
         w.iter_mut().for_each(|x| *x += offset);
         Ok(Self {
-            weight: Tensor::from_data(TensorData::new(w, [dim]), device.burn()),
+            weight: Tensor::from_data(TensorData::new(w, [dim]), device.floats()),
             eps,
         })
     }
@@ -48,9 +48,12 @@ impl RmsNorm {
     /// # Shapes
     /// `x: [..., dim]` → same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // In f32 whatever the compute dtype (a half-precision square overflows), as transformers.
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let var = x.clone().square().mean_dim(D - 1);
         let inv = var.add_scalar(self.eps).sqrt().recip();
-        x * inv * self.weight.clone().unsqueeze::<D>()
+        (x * inv).cast(dtype) * self.weight.clone().unsqueeze::<D>()
     }
 }
 
@@ -83,10 +86,13 @@ impl LayerNorm {
     /// # Shapes
     /// `x: [..., dim]` → same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let mean = x.clone().mean_dim(D - 1);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(D - 1);
         let inv = var.add_scalar(self.eps).sqrt().recip();
-        centered * inv * self.weight.clone().unsqueeze::<D>() + self.bias.clone().unsqueeze::<D>()
+        (centered * inv).cast(dtype) * self.weight.clone().unsqueeze::<D>()
+            + self.bias.clone().unsqueeze::<D>()
     }
 }

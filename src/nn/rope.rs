@@ -188,8 +188,8 @@ impl RotaryEmbedding {
         }
         let shape = [rows, 1, len, self.rotary_dim];
         (
-            Tensor::from_data(TensorData::new(cos, shape), device.burn()),
-            Tensor::from_data(TensorData::new(sin, shape), device.burn()),
+            Tensor::from_data(TensorData::new(cos, shape), device.floats()),
+            Tensor::from_data(TensorData::new(sin, shape), device.floats()),
         )
     }
 
