@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (device tool), from the repository root, with .devbin/ holding
-# xz-compressed release binaries built here (bench, conformance) and .gl/ the Vulkan loader .deb.
+# xz-compressed release binaries built here (bench, perplexity; conformance optional) and .gl/ the Vulkan loader .deb.
 #   strip -o .devbin/bench target/release/examples/bench && xz .devbin/bench   (same for the test)
 # It builds the bench checkpoints with transformers there, runs the conformance suite on the GPU
 # through wgpu (Vulkan) and measures prefill/decode with the bench example on wgpu and flex.
@@ -20,11 +20,17 @@ if [ -x /tmp/bin/conformance ]; then
   grep -E "test result|FAILED|panicked|adapter" "$OUT/conformance.log" | head -20
 fi
 wait; cat "$OUT/models.log"
-for m in ${MODELS:-smollm2 tinyllama}; do
-  for d in ${DEVICES:-wgpu flex}; do
-    for dt in ${DTYPES:-f32}; do
+RUST_LOG=kiln=info timeout 20 /tmp/bin/bench --model tests/fixtures/llama-f32 --device wgpu --prompt-len 4 --gen 2 --json 2>&1 | grep -o "wgpu adapters.*"
+for m in ${MODELS:-tinyllama smollm2}; do
+  for d in ${DEVICES:-wgpu}; do
+    for dt in ${DTYPES:-f16 f32}; do
       echo "== $m $d $dt"
-      timeout 150 /tmp/bin/bench --model /tmp/$m --device $d --dtype $dt --prompt-len 128 --gen 64 --json 2>&1 | tail -3 | tee -a "$OUT/bench.jsonl"
+      timeout ${BENCH_TIMEOUT:-150} /tmp/bin/bench --model /tmp/$m --device $d --dtype $dt --prompt-len 128 --gen ${GEN:-64} --json 2>&1 | tail -2 | tee -a "$OUT/bench.jsonl"
     done
   done
 done
+if [ -x /tmp/bin/perplexity ]; then
+  for f in llama-f32 qwen3-bf16 gemma2-bf16; do for dt in f32 f16; do
+    echo "$f wgpu $dt: $(timeout 30 /tmp/bin/perplexity --model tests/fixtures/$f --device wgpu --dtype $dt --file tests/fixtures/$f/paragraph.txt --json 2>&1 | tail -1)"
+  done; done
+fi
