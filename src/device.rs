@@ -193,6 +193,14 @@ impl Device {
                 #[allow(unreachable_code)]
                 Err(missing("wgpu"))
             }
+            "cuda" | "metal" | "rocm" | "hip" => Err(Error::Device {
+                name: name.to_string(),
+                message: format!(
+                    "kiln has no separate {name} backend yet; `wgpu` runs on NVIDIA and AMD GPUs \
+                     through Vulkan and on Apple GPUs through Metal; this build has {}",
+                    Self::available().join(", ")
+                ),
+            }),
             _ => Err(Error::Device {
                 name: name.to_string(),
                 message: format!(

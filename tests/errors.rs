@@ -368,4 +368,39 @@ fn unknown_device_names() {
             }
         );
     }
+    let err = Device::from_name("cuda").unwrap_err().to_string();
+    assert!(
+        err.contains("no separate cuda backend") && err.contains("wgpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dtype_names_and_support() {
+    use kiln::Dtype;
+    assert_eq!(Dtype::from_name("float16").unwrap(), Dtype::F16);
+    assert_eq!(Dtype::from_name("BF16").unwrap(), Dtype::Bf16);
+    let err = Dtype::from_name("f8").unwrap_err().to_string();
+    assert!(
+        err.contains("f8") && err.contains("f32, f16 or bf16"),
+        "{err}"
+    );
+    let flex = Device::cpu().with_dtype(Dtype::Bf16).unwrap();
+    assert_eq!(flex.dtype(), Dtype::Bf16);
+    #[cfg(feature = "ndarray")]
+    {
+        let err = Device::ndarray()
+            .with_dtype(Dtype::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ndarray") && err.contains("f32 only"), "{err}");
+    }
+    #[cfg(feature = "wgpu")]
+    if std::env::var("KILN_TEST_WGPU").as_deref() != Ok("0") {
+        let err = Device::wgpu()
+            .with_dtype(Dtype::Bf16)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no bf16"), "{err}");
+    }
 }

@@ -24,9 +24,9 @@ for dir in "$out"/*/; do
   exp="$dir/expected.json"
   [ -f "$exp" ] || continue   # encoder fixtures (bert) are checked by tests/encoder.rs
   prompt=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['prompt'], end='')" "$exp")
-  gen=$(./target/release/examples/generate --model "$dir" --device "$device" --prompt "$prompt" \
+  gen=$(./target/release/examples/generate --model "$dir" --device "$device" --dtype f32 --prompt "$prompt" \
         --max-new-tokens 16 --ignore-eos --json 2>/dev/null)
-  ppl=$(./target/release/examples/perplexity --model "$dir" --device "$device" \
+  ppl=$(./target/release/examples/perplexity --model "$dir" --device "$device" --dtype f32 \
         --file "$dir/paragraph.txt" --json 2>/dev/null)
   python3 - "$exp" "$gen" "$ppl" "$name" <<'PY' || fail=1
 import json, sys

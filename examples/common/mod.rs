@@ -153,25 +153,28 @@ impl CommonArgs {
         }
     }
 
-    /// Parses --device and --dtype.
+    /// Parses --device and --dtype (f32 when absent: the reference's answers on every
+    /// backend; f16 is faster on GPUs, see docs/backends.md).
     pub fn device(&self) -> kiln::Result<kiln::Device> {
         let device = kiln::Device::from_name(&self.device)?;
-        let dtype = self.dtype()?;
+        let dtype = self.dtype()?.unwrap_or(kiln::Dtype::F32);
         if dtype == kiln::Dtype::F32 {
             return Ok(device);
         }
         device.with_dtype(dtype)
     }
 
-    /// Parses --dtype (f32 when absent).
-    pub fn dtype(&self) -> kiln::Result<kiln::Dtype> {
-        match self.dtype.as_deref() {
-            None => Ok(kiln::Dtype::F32),
-            Some(d) => kiln::Dtype::from_name(d).map_err(|_| kiln::Error::InvalidArgument {
-                name: "--dtype".into(),
-                message: format!("unknown dtype {d:?}; expected f32, f16 or bf16"),
-            }),
-        }
+    /// Parses --dtype.
+    pub fn dtype(&self) -> kiln::Result<Option<kiln::Dtype>> {
+        self.dtype
+            .as_deref()
+            .map(|d| {
+                kiln::Dtype::from_name(d).map_err(|_| kiln::Error::InvalidArgument {
+                    name: "--dtype".into(),
+                    message: format!("unknown dtype {d:?}; expected f32, f16 or bf16"),
+                })
+            })
+            .transpose()
     }
 }
 
