@@ -274,6 +274,15 @@ impl Device {
         Ok(Self { dtype, ..self })
     }
 
+    /// Whether f16/bf16 weights stay half precision on the host and go through kiln's own CPU
+    /// kernels ([`crate::nn::HalfMatrix`]): on CPU backends computing in f32, unless
+    /// `KILN_HOST_KERNELS=0` (then they are widened to f32 tensors, as before).
+    pub fn keeps_half_weights(&self) -> bool {
+        matches!(self.kind, BackendKind::Flex | BackendKind::NdArray)
+            && self.dtype == Dtype::F32
+            && std::env::var("KILN_HOST_KERNELS").as_deref() != Ok("0")
+    }
+
     /// The float type this device computes in.
     pub fn dtype(&self) -> Dtype {
         self.dtype

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 use memmap2::Mmap;
@@ -16,6 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::nn::{HalfKind, HalfMatrix};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
 /// (buffers recomputed at load time).
@@ -32,7 +34,7 @@ struct Entry {
 /// The tensors of a model folder, memory-mapped.
 pub struct WeightStore {
     root: PathBuf,
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
 }
@@ -134,7 +136,7 @@ impl WeightStore {
                 },
             );
         }
-        self.files.push((path, mmap));
+        self.files.push((path, Arc::new(mmap)));
         Ok(())
     }
 
@@ -148,6 +150,31 @@ impl WeightStore {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// `name` as a [`HalfMatrix`] over the file's own bytes (no copy) when it is stored as f16
+    /// or bf16 with shape `[rows, cols]`; `Ok(None)` when it is stored as f32 (read it with
+    /// [`WeightStore::read_f32`]). Shape and length are checked as `read_f32` checks them.
+    pub fn take_half(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HalfMatrix>> {
+        let kind = match self.entries.get(name).map(|e| e.dtype) {
+            Some(Dtype::F16) => HalfKind::F16,
+            Some(Dtype::BF16) => HalfKind::Bf16,
+            _ => return Ok(None),
+        };
+        let (file, start) = self.checked_range(name, &[rows, cols])?;
+        self.taken.insert(name.to_string());
+        Ok(Some(HalfMatrix::from_map(
+            kind,
+            rows,
+            cols,
+            self.files[file].1.clone(),
+            start,
+        )))
+    }
+
     /// The storage dtype of a tensor, if present.
     pub fn dtype(&self, name: &str) -> Option<Dtype> {
         self.entries.get(name).map(|e| e.dtype)
@@ -155,12 +182,24 @@ impl WeightStore {
 
     /// Reads a tensor as f32 host data, checking its shape.
     pub fn read_f32(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        let (file, start) = self.checked_range(name, expected)?;
+        let entry = &self.entries[name];
+        let n: usize = expected.iter().product();
+        let bytes = &self.files[file].1[start..entry.end];
+        let out = convert_to_f32(bytes, entry.dtype, n);
+        self.taken.insert(name.to_string());
+        Ok(out)
+    }
+
+    /// Checks that `name` exists with shape `expected`, a dtype kiln reads, and as many bytes
+    /// as that needs; returns its file and first byte.
+    fn checked_range(&self, name: &str, expected: &[usize]) -> Result<(usize, usize)> {
         let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             expected: expected.to_vec(),
             path: self.root.clone(),
         })?;
-        let (path, mmap) = &self.files[entry.file];
+        let path = &self.files[entry.file].0;
         if entry.shape != expected {
             return Err(Error::ShapeMismatch {
                 name: name.to_string(),
@@ -169,7 +208,6 @@ impl WeightStore {
                 path: path.clone(),
             });
         }
-        let bytes = &mmap[entry.start..entry.end];
         let n: usize = expected.iter().product();
         let width = match entry.dtype {
             Dtype::F32 => 4,
@@ -183,20 +221,18 @@ impl WeightStore {
                 })
             }
         };
-        if bytes.len() != n * width {
+        let len = entry.end - entry.start;
+        if Some(len) != n.checked_mul(width) {
             return Err(Error::Safetensors {
                 path: path.clone(),
                 message: format!(
-                    "tensor {name:?} holds {} bytes, its shape {:?} needs {}",
-                    bytes.len(),
+                    "tensor {name:?} holds {len} bytes, its shape {:?} needs {}",
                     entry.shape,
-                    n * width
+                    n.saturating_mul(width)
                 ),
             });
         }
-        let out = convert_to_f32(bytes, entry.dtype, n);
-        self.taken.insert(name.to_string());
-        Ok(out)
+        Ok((entry.file, entry.start))
     }
 
     /// Loads a tensor onto `device` as f32, checking its shape.

@@ -2,16 +2,22 @@
 
 use burn::tensor::{Int, Tensor, TensorData};
 
+use std::sync::Arc;
+
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
+use crate::nn::HalfMatrix;
 
 /// A `[vocab, hidden]` lookup table. A table larger than the device's
 /// [`Device::max_tensor_bytes`] (a big vocabulary on a GPU) is stored as blocks of rows.
+/// On CPU devices an f16/bf16 table stays as stored (memory-mapped) and the rows a pass needs
+/// are widened on the host.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     /// `(first row, block)`, in order.
     parts: Vec<(usize, Tensor<2>)>,
+    half: Option<Arc<HalfMatrix>>,
     hidden: usize,
 }
 
@@ -24,10 +30,20 @@ impl Embedding {
         hidden: usize,
         device: &Device,
     ) -> Result<Self> {
+        if device.keeps_half_weights() {
+            if let Some(m) = store.take_half(name, vocab, hidden)? {
+                return Ok(Self {
+                    parts: Vec::new(),
+                    half: Some(Arc::new(m)),
+                    hidden,
+                });
+            }
+        }
         let max_bytes = device.max_tensor_bytes();
         if vocab.saturating_mul(hidden).saturating_mul(4) <= max_bytes {
             return Ok(Self {
                 parts: vec![(0, store.take(name, [vocab, hidden], device)?)],
+                half: None,
                 hidden,
             });
         }
@@ -58,12 +74,16 @@ impl Embedding {
                 )
             })
             .collect();
-        Self { parts, hidden }
+        Self {
+            parts,
+            half: None,
+            hidden,
+        }
     }
 
     /// How many row blocks the table is stored in.
     pub fn parts(&self) -> usize {
-        self.parts.len()
+        self.parts.len().max(1)
     }
 
     /// # Shapes
@@ -78,6 +98,17 @@ impl Embedding {
     /// `ids: [seq]` (one sequence) → `[1, seq, hidden]`
     pub fn forward(&self, ids: &[u32], device: &Device) -> Tensor<3> {
         let hidden = self.hidden;
+        if let Some(m) = &self.half {
+            let mut rows = vec![0f32; ids.len() * hidden];
+            for (dst, &id) in rows.chunks_mut(hidden.max(1)).zip(ids) {
+                // Ids were checked against the vocabulary by the model.
+                m.row_to_f32(id as usize, dst);
+            }
+            return Tensor::from_data(
+                TensorData::new(rows, [1, ids.len(), hidden]),
+                device.floats(),
+            );
+        }
         let index = |v: Vec<i64>| {
             let n = v.len();
             Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device.burn())

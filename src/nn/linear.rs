@@ -3,16 +3,24 @@
 use burn::tensor::{module, Tensor, TensorData};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
+use burn::tensor::FloatDType;
+
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
+use crate::nn::HalfMatrix;
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
 /// A weight larger than the device's [`Device::max_tensor_bytes`] (a big vocabulary's output
-/// head on a GPU) is stored as blocks of output columns, multiplied one by one.
+/// head on a GPU) is stored as blocks of output columns, multiplied one by one. On CPU devices
+/// an f16/bf16 weight stays as stored, memory-mapped, and runs through kiln's own kernels
+/// ([`HalfMatrix`]; see [`Device::keeps_half_weights`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Vec<Tensor<2>>,
+    half: Option<Arc<HalfMatrix>>,
     bias: Option<Tensor<1>>,
 }
 
@@ -26,14 +34,42 @@ impl Linear {
         bias: bool,
         device: &Device,
     ) -> Result<Self> {
-        let w = store.read_f32(&format!("{prefix}.weight"), &[d_out, d_in])?;
-        Ok(
-            Self::from_pytorch(w, d_in, d_out, device).with_bias(if bias {
-                Some(store.take(&format!("{prefix}.bias"), [d_out], device)?)
-            } else {
-                None
-            }),
-        )
+        let name = format!("{prefix}.weight");
+        let layer = match Self::load_half(store, &name, d_out, d_in, device)? {
+            Some(l) => l,
+            None => Self::from_pytorch(store.read_f32(&name, &[d_out, d_in])?, d_in, d_out, device),
+        };
+        Ok(layer.with_bias(if bias {
+            Some(store.take(&format!("{prefix}.bias"), [d_out], device)?)
+        } else {
+            None
+        }))
+    }
+
+    /// `name` (`[rows, cols]`) kept half precision, when the device does that and the file
+    /// stores it so.
+    fn load_half(
+        store: &mut WeightStore,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<Option<Self>> {
+        if !device.keeps_half_weights() {
+            return Ok(None);
+        }
+        Ok(store
+            .take_half(name, rows, cols)?
+            .map(|m| Self::from_half(Arc::new(m))))
+    }
+
+    /// A layer over a half-precision `[out, in]` matrix (CPU only).
+    pub fn from_half(m: Arc<HalfMatrix>) -> Self {
+        Self {
+            weight: Vec::new(),
+            half: Some(m),
+            bias: None,
+        }
     }
 
     /// The output head `lm_head` (`[vocab, hidden]`), or, when `tied`, a copy of the embedding
@@ -48,6 +84,9 @@ impl Linear {
     ) -> Result<Self> {
         if tied {
             store.skip("lm_head.weight");
+            if let Some(l) = Self::load_half(store, embed_name, vocab, hidden, device)? {
+                return Ok(l);
+            }
             let w = store.read_f32(embed_name, &[vocab, hidden])?;
             Ok(Self::from_pytorch(w, hidden, vocab, device))
         } else {
@@ -65,7 +104,20 @@ impl Linear {
         device: &Device,
     ) -> Result<Vec<Self>> {
         let total: usize = parts.iter().sum();
-        let w = store.read_f32(&format!("{prefix}.weight"), &[total, d_in])?;
+        let name = format!("{prefix}.weight");
+        if let Some(whole) = Self::load_half(store, &name, total, d_in, device)? {
+            let m = whole.half.expect("load_half gives a half layer");
+            let mut row = 0;
+            return Ok(parts
+                .iter()
+                .map(|&rows| {
+                    let part = m.slice_rows(row, row + rows);
+                    row += rows;
+                    Self::from_half(Arc::new(part))
+                })
+                .collect());
+        }
+        let w = store.read_f32(&name, &[total, d_in])?;
         let mut out = Vec::with_capacity(parts.len());
         let mut row = 0;
         for &rows in parts {
@@ -100,6 +152,7 @@ impl Linear {
                     TensorData::new(block, [d_in, cols]),
                     device.floats(),
                 )],
+                half: None,
                 bias: Some(Tensor::from_data(
                     TensorData::new(bias, [cols]),
                     device.floats(),
@@ -145,7 +198,11 @@ impl Linear {
                 })
                 .collect()
         };
-        Self { weight, bias: None }
+        Self {
+            weight,
+            half: None,
+            bias: None,
+        }
     }
 
     fn with_bias(mut self, bias: Option<Tensor<1>>) -> Self {
@@ -156,6 +213,25 @@ impl Linear {
     /// # Shapes
     /// `x: [batch, seq, in]` → `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(m) = &self.half {
+            let [b, s, d] = x.dims();
+            let device = x.device();
+            let xs = x
+                .cast(FloatDType::F32)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("f32 activations after the cast");
+            let y = m.matmul_t(&xs, b * s);
+            debug_assert_eq!(d, m.cols());
+            let out = Tensor::<3>::from_data(
+                TensorData::new(y, [b, s, m.rows()]),
+                (&device, burn::tensor::DType::F32),
+            );
+            return match &self.bias {
+                Some(bias) => out + bias.clone().unsqueeze::<3>(),
+                None => out,
+            };
+        }
         match self.weight.as_slice() {
             [w] => module::linear(x, w.clone(), self.bias.clone()),
             parts => {
@@ -176,13 +252,21 @@ impl Linear {
 
     /// Output features.
     pub fn d_out(&self) -> usize {
-        self.weight.iter().map(|w| w.dims()[1]).sum()
+        match &self.half {
+            Some(m) => m.rows(),
+            None => self.weight.iter().map(|w| w.dims()[1]).sum(),
+        }
+    }
+
+    /// The half-precision matrix, when the layer keeps one.
+    pub fn half(&self) -> Option<&HalfMatrix> {
+        self.half.as_deref()
     }
 
     /// How many column blocks the weight is stored in (1 unless it is larger than the
-    /// device's tensor limit).
+    /// device's tensor limit, or a half-precision host matrix).
     pub fn parts(&self) -> usize {
-        self.weight.len()
+        self.weight.len().max(1)
     }
 }
 

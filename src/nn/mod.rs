@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod host;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
@@ -16,6 +17,7 @@ pub mod rope;
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
 pub use embedding::Embedding;
+pub use host::{HalfKind, HalfMatrix};
 pub use kv_cache::{CachedKv, KvCache, LayerCache};
 pub use linear::Linear;
 pub use mlp::{GatedMlp, Mlp};

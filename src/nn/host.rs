@@ -1,0 +1,466 @@
+//! Half-precision weights kept as stored (f16 or bf16, usually memory-mapped straight from the
+//! safetensors file) and multiplied on the CPU by kiln's own kernels.
+//!
+//! burn-flex widens bf16 operands to f32 on every matmul (the whole matrix, every call), and
+//! keeping f32 copies doubles the bytes each decode step must stream. These kernels read the
+//! half-precision rows directly: a decode step (a few rows of activations) is a dot product per
+//! output row, widened 8 lanes at a time in registers (AVX2/FMA/F16C where the CPU has them,
+//! portable code elsewhere), parallel over output rows; a prefill chunk (many rows) widens the
+//! weight a block of rows at a time into a reused buffer and runs an f32 GEMM on it.
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+/// The storage format of a [`HalfMatrix`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfKind {
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Where the 16-bit values live.
+#[derive(Clone)]
+enum Bytes {
+    /// `len` values at byte `start` of a memory-mapped file (2-byte aligned).
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    /// A copy (the file's data was not 2-byte aligned).
+    Owned(Arc<Vec<u16>>),
+}
+
+/// A row-major `[rows, cols]` matrix of f16 or bf16 values (PyTorch's `[out, in]` layout).
+#[derive(Clone)]
+pub struct HalfMatrix {
+    kind: HalfKind,
+    rows: usize,
+    cols: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for HalfMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HalfMatrix({:?}, {}x{})",
+            self.kind, self.rows, self.cols
+        )
+    }
+}
+
+/// Output rows per parallel task in the GEMV path.
+const ROWS_PER_TASK: usize = 16;
+/// Weight rows widened at once in the GEMM path.
+const GEMM_BLOCK: usize = 1024;
+/// Activation rows from which the GEMM path is taken.
+const GEMM_MIN_ROWS: usize = 4;
+
+impl HalfMatrix {
+    /// The matrix stored at `start..start + 2·rows·cols` of `map`; copies when the data is not
+    /// 2-byte aligned. The caller has checked the length.
+    pub(crate) fn from_map(
+        kind: HalfKind,
+        rows: usize,
+        cols: usize,
+        map: Arc<Mmap>,
+        start: usize,
+    ) -> Self {
+        let len = rows * cols;
+        let bytes = if (map.as_ptr() as usize + start) % 2 == 0 {
+            Bytes::Mapped { map, start, len }
+        } else {
+            let raw = &map[start..start + 2 * len];
+            Bytes::Owned(Arc::new(
+                raw.chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ))
+        };
+        Self {
+            kind,
+            rows,
+            cols,
+            bytes,
+        }
+    }
+
+    /// A matrix from values already in memory.
+    pub fn from_bits(kind: HalfKind, rows: usize, cols: usize, bits: Vec<u16>) -> Self {
+        assert_eq!(bits.len(), rows * cols, "HalfMatrix::from_bits: length");
+        Self {
+            kind,
+            rows,
+            cols,
+            bytes: Bytes::Owned(Arc::new(bits)),
+        }
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// f16 or bf16.
+    pub fn kind(&self) -> HalfKind {
+        self.kind
+    }
+
+    /// Bytes of weight data.
+    pub fn byte_len(&self) -> usize {
+        2 * self.rows * self.cols
+    }
+
+    /// The raw 16-bit values, row-major.
+    pub fn bits(&self) -> &[u16] {
+        match &self.bytes {
+            Bytes::Mapped { map, start, len } => {
+                let raw = &map[*start..*start + 2 * len];
+                // Alignment checked in from_map; u16 has no invalid bit patterns.
+                bytemuck::cast_slice(raw)
+            }
+            Bytes::Owned(v) => v.as_slice(),
+        }
+    }
+
+    /// Rows `r0..r1` as a matrix of their own (no copy).
+    pub fn slice_rows(&self, r0: usize, r1: usize) -> Self {
+        assert!(r0 <= r1 && r1 <= self.rows, "slice_rows out of range");
+        let bytes = match &self.bytes {
+            Bytes::Mapped { map, start, .. } => Bytes::Mapped {
+                map: map.clone(),
+                start: start + 2 * r0 * self.cols,
+                len: (r1 - r0) * self.cols,
+            },
+            Bytes::Owned(v) => Bytes::Owned(Arc::new(v[r0 * self.cols..r1 * self.cols].to_vec())),
+        };
+        Self {
+            kind: self.kind,
+            rows: r1 - r0,
+            cols: self.cols,
+            bytes,
+        }
+    }
+
+    /// Row `r` widened to f32 into `out` (`cols` values).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let row = &self.bits()[r * self.cols..(r + 1) * self.cols];
+        widen(self.kind, row, out);
+    }
+
+    /// `y = x · selfᵀ` for `n` rows of `x` (`[n, cols]`, row-major) → `[n, rows]`.
+    pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "matmul_t: activation length");
+        let mut y = vec![0f32; n * self.rows];
+        if n == 0 || self.rows == 0 {
+            return y;
+        }
+        if n >= GEMM_MIN_ROWS {
+            self.gemm(x, n, &mut y);
+        } else {
+            self.gemv(x, n, &mut y);
+        }
+        y
+    }
+
+    /// Few activation rows: one dot product per (activation row, weight row), parallel over
+    /// blocks of weight rows; each weight row is read once from memory for all activation rows.
+    fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols, kind) = (self.rows, self.cols, self.kind);
+        let w = self.bits();
+        let dot = dot_fn(kind);
+        // Results per task are written as [task rows, n] then scattered into y [n, rows].
+        let mut out = vec![0f32; rows * n];
+        out.par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let r0 = t * ROWS_PER_TASK;
+                for (i, slot) in chunk.chunks_mut(n).enumerate() {
+                    let row = &w[(r0 + i) * cols..(r0 + i + 1) * cols];
+                    for (j, s) in slot.iter_mut().enumerate() {
+                        *s = dot(row, &x[j * cols..(j + 1) * cols]);
+                    }
+                }
+            });
+        for r in 0..rows {
+            for j in 0..n {
+                y[j * rows + r] = out[r * n + j];
+            }
+        }
+    }
+
+    /// Many activation rows: widen a block of weight rows to f32, then an f32 GEMM per block.
+    fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let w = self.bits();
+        let threads = rayon::current_num_threads();
+        // A scratch buffer kept per thread: a fresh one per call costs page faults and zeroing.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut block = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        block.resize(GEMM_BLOCK.min(rows) * cols, 0.0);
+        for r0 in (0..rows).step_by(GEMM_BLOCK) {
+            let r1 = (r0 + GEMM_BLOCK).min(rows);
+            let b = &mut block[..(r1 - r0) * cols];
+            b.par_chunks_mut(cols).enumerate().for_each(|(i, dst)| {
+                widen(self.kind, &w[(r0 + i) * cols..(r0 + i + 1) * cols], dst);
+            });
+            // y[:, r0..r1]ᵀ = b [r1 - r0, cols] · xᵀ [cols, n]: the widened block is the
+            // row-major left operand, as gemm packs it best.
+            // SAFETY: the pointers and strides describe the buffers above: dst is y's columns
+            // r0..r1 seen transposed (element (j, i) at y[i·rows + r0 + j]), lhs is b (row
+            // stride `cols`), rhs is x transposed (element (k, i) at x[i·cols + k]); all lie
+            // within their slices.
+            unsafe {
+                gemm::gemm(
+                    r1 - r0,
+                    n,
+                    cols,
+                    y.as_mut_ptr().add(r0),
+                    rows as isize,
+                    1,
+                    false,
+                    b.as_ptr(),
+                    1,
+                    cols as isize,
+                    x.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+        }
+        SCRATCH.with(|s| *s.borrow_mut() = block);
+    }
+}
+
+/// Widens 16-bit values of `kind` into f32.
+fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
+    match kind {
+        HalfKind::F16 => {
+            use half::slice::HalfFloatSliceExt;
+            let s: &[f16] = bytemuck::cast_slice(src);
+            s.convert_to_f32_slice(dst);
+        }
+        HalfKind::Bf16 => {
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = f32::from_bits((b as u32) << 16);
+            }
+        }
+    }
+}
+
+type DotFn = fn(&[u16], &[f32]) -> f32;
+
+/// The fastest dot product this CPU runs for `kind`.
+fn dot_fn(kind: HalfKind) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            return match kind {
+                HalfKind::F16 => x86::dot_f16,
+                HalfKind::Bf16 => x86::dot_bf16,
+            };
+        }
+    }
+    match kind {
+        HalfKind::F16 => dot_f16_portable,
+        HalfKind::Bf16 => dot_bf16_portable,
+    }
+}
+
+fn dot_f16_portable(w: &[u16], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = w.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            let i = c * 8 + l;
+            acc[l] += f16::from_bits(w[i]).to_f32() * x[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..w.len() {
+        sum += f16::from_bits(w[i]).to_f32() * x[i];
+    }
+    sum
+}
+
+fn dot_bf16_portable(w: &[u16], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = w.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            let i = c * 8 + l;
+            acc[l] += bf16::from_bits(w[i]).to_f32() * x[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..w.len() {
+        sum += bf16::from_bits(w[i]).to_f32() * x[i];
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Sum of the 8 lanes.
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f16_impl(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let h = _mm_loadu_si128(wp.add(i + 8 * k) as *const __m128i);
+                let wv = _mm256_cvtph_ps(h);
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let h = _mm_loadu_si128(wp.add(i) as *const __m128i);
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = hsum(s);
+        while i < n {
+            sum += half::f16::from_bits(w[i]).to_f32() * x[i];
+            i += 1;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_bf16_impl(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        let widen = |p: *const u16| {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        };
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let wv = widen(wp.add(i + 8 * k));
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(widen(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = hsum(s);
+        while i < n {
+            sum += f32::from_bits((w[i] as u32) << 16) * x[i];
+            i += 1;
+        }
+        sum
+    }
+
+    pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
+        // SAFETY: only handed out by dot_fn after detecting avx2, fma and f16c.
+        unsafe { dot_f16_impl(w, x) }
+    }
+
+    pub fn dot_bf16(w: &[u16], x: &[f32]) -> f32 {
+        // SAFETY: only handed out by dot_fn after detecting avx2 and fma.
+        unsafe { dot_bf16_impl(w, x) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; n * rows];
+        for j in 0..n {
+            for r in 0..rows {
+                y[j * rows + r] = (0..cols)
+                    .map(|k| w[r * cols + k] as f64 * x[j * cols + k] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn kernels_match_f64_reference() {
+        // Odd sizes exercise the tails; n = 1..3 the GEMV path, 4 and 9 the GEMM path.
+        let (rows, cols) = (300, 77);
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5)
+            .collect();
+        for kind in [HalfKind::F16, HalfKind::Bf16] {
+            let bits: Vec<u16> = vals
+                .iter()
+                .map(|&v| match kind {
+                    HalfKind::F16 => f16::from_f32(v).to_bits(),
+                    HalfKind::Bf16 => bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            let stored: Vec<f32> = bits
+                .iter()
+                .map(|&b| match kind {
+                    HalfKind::F16 => f16::from_bits(b).to_f32(),
+                    HalfKind::Bf16 => bf16::from_bits(b).to_f32(),
+                })
+                .collect();
+            let m = HalfMatrix::from_bits(kind, rows, cols, bits);
+            for n in [1, 2, 3, 4, 9] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+                    .collect();
+                let got = m.matmul_t(&x, n);
+                let want = reference(&stored, rows, cols, &x, n);
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-4, "{kind:?} n={n}: {diff}");
+            }
+            let part = m.slice_rows(10, 20);
+            let mut row = vec![0f32; cols];
+            part.row_to_f32(3, &mut row);
+            assert_eq!(row, stored[13 * cols..14 * cols]);
+        }
+    }
+}
