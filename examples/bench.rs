@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use common::CommonArgs;
-use kiln::{GenerationConfig, Model};
+use kiln::GenerationConfig;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure prefill and decode throughput")]
@@ -41,7 +41,7 @@ fn run(args: Args) -> kiln::Result<()> {
         });
     }
     let t0 = Instant::now();
-    let model = Model::load(args.common.model_dir()?, &device)?;
+    let model = args.common.load_model(args.common.model_dir()?, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
     // Deterministic token ids spread over the vocabulary.
     let vocab = model.vocab_size() as u64;
@@ -82,6 +82,7 @@ fn run(args: Args) -> kiln::Result<()> {
         "peak_rss_bytes": common::peak_rss_bytes(),
         "device": device.name(),
         "dtype": device.dtype().name(),
+        "quantize": args.common.quantize.as_deref().unwrap_or("none"),
         "prompt_len": args.prompt_len,
         "gen": stats.generated_tokens,
     });

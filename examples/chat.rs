@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use common::{CommonArgs, SamplingArgs};
-use kiln::{ChatTemplate, Error, Message, Model, Session};
+use kiln::{ChatTemplate, Error, Message, Session};
 
 #[derive(Parser, Debug)]
 #[command(about = "Chat with a Hugging Face instruct model folder")]
@@ -80,7 +80,7 @@ fn run(args: Args) -> kiln::Result<()> {
         return Ok(());
     }
 
-    let model = Model::load(&dir, &device)?;
+    let model = args.common.load_model(&dir, &device)?;
     model.chat_template()?;
     let cfg = args.sampling.config(&model)?;
     let mut session = model.session();

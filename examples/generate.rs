@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use common::{CommonArgs, SamplingArgs};
-use kiln::{Message, Model};
+use kiln::Message;
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with a Hugging Face model folder")]
@@ -42,7 +42,7 @@ fn run(args: Args) -> kiln::Result<()> {
         (None, None) => "Once upon a time".to_string(),
     };
     let dir = args.common.model_dir()?;
-    let model = Model::load(&dir, &device)?;
+    let model = args.common.load_model(&dir, &device)?;
     let cfg = args.sampling.config(&model)?;
 
     let mut session = model.session();

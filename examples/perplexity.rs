@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use common::CommonArgs;
-use kiln::Model;
 
 #[derive(Parser, Debug)]
 #[command(about = "Mean negative log-likelihood and perplexity of a text")]
@@ -28,7 +27,7 @@ fn run(args: Args) -> kiln::Result<()> {
         path: args.file.clone(),
         source: e,
     })?;
-    let model = Model::load(args.common.model_dir()?, &device)?;
+    let model = args.common.load_model(args.common.model_dir()?, &device)?;
     let mut ids = model.encode(&text)?;
     if ids.len() > model.max_context() {
         eprintln!(

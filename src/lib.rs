@@ -47,6 +47,7 @@ pub use device::{BackendKind, Device, Dtype};
 pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
 pub use generation::{FinishReason, GenerationConfig, GenerationStats, Generator, Token};
-pub use model::Model;
+pub use model::{LoadOptions, Model};
+pub use nn::Quantization;
 pub use session::Session;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
 use crate::loading::{GenerationDefaults, WeightStore};
 use crate::models::{self, CausalLm, Input, LogitsFor};
-use crate::nn::KvCache;
+use crate::nn::{KvCache, Quantization};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -42,12 +42,49 @@ struct Inner {
     dir: PathBuf,
 }
 
+/// How [`Model::load_with`] loads weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Quantize the projections (and the output head) at load: CPU devices computing in f32.
+    pub quantize: Option<Quantization>,
+}
+
+impl LoadOptions {
+    /// Quantizes at load ([`Quantization::Q8`] or [`Quantization::Q4`]; 4-bit models keep the
+    /// output head at 8 bits).
+    pub fn quantize(mut self, q: Quantization) -> Self {
+        self.quantize = Some(q);
+        self
+    }
+}
+
 impl Model {
     /// Loads a Hugging Face model folder: `config.json`, `model.safetensors` (or a sharded
     /// index), `tokenizer.json` (optional: without it only token-id APIs work) and
     /// `generation_config.json` (optional).
     pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::load_with(dir, device, LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options (quantization).
+    pub fn load_with(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
+        if let Some(q) = options.quantize {
+            if !device.keeps_half_weights() {
+                return Err(Error::Device {
+                    name: device.name().to_string(),
+                    message: format!(
+                        "{} quantization runs on CPU devices (flex, ndarray) computing in f32{}",
+                        q.name(),
+                        if std::env::var("KILN_HOST_KERNELS").as_deref() == Ok("0") {
+                            " (KILN_HOST_KERNELS=0 turns kiln's CPU kernels off)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
+        }
         if !dir.is_dir() {
             return Err(Error::MissingFile {
                 path: dir.to_path_buf(),
@@ -62,6 +99,7 @@ impl Model {
             });
         }
         let mut store = WeightStore::open(dir)?;
+        store.set_quantization(options.quantize);
         let lm = models::load(dir, &mut store, device)?;
         store.finish()?;
         let tokenizer_path = dir.join("tokenizer.json");

@@ -19,6 +19,9 @@ pub struct CommonArgs {
     /// Compute dtype: f32 (default), f16 (wgpu with shader-f16, flex) or bf16 (flex).
     #[arg(long)]
     pub dtype: Option<String>,
+    /// Quantize weights at load: q8 or q4 (CPU devices).
+    #[arg(long)]
+    pub quantize: Option<String>,
     /// Print one JSON object on stdout and nothing else.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +165,29 @@ impl CommonArgs {
             return Ok(device);
         }
         device.with_dtype(dtype)
+    }
+
+    /// Parses --quantize.
+    pub fn load_options(&self) -> kiln::Result<kiln::LoadOptions> {
+        let mut o = kiln::LoadOptions::default();
+        if let Some(q) = &self.quantize {
+            o = o.quantize(kiln::Quantization::from_name(q).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--quantize".into(),
+                    message: format!("unknown quantization {q:?}; expected q8 or q4"),
+                }
+            })?);
+        }
+        Ok(o)
+    }
+
+    /// Loads --model on `device` with --quantize.
+    pub fn load_model(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+        device: &kiln::Device,
+    ) -> kiln::Result<kiln::Model> {
+        kiln::Model::load_with(dir, device, self.load_options()?)
     }
 
     /// Parses --dtype.

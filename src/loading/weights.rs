@@ -17,7 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{HalfKind, HalfMatrix};
+use crate::nn::{HalfKind, HalfMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
 /// (buffers recomputed at load time).
@@ -37,6 +37,7 @@ pub struct WeightStore {
     files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
+    quantize: Option<Quantization>,
 }
 
 impl WeightStore {
@@ -83,6 +84,7 @@ impl WeightStore {
             files: Vec::new(),
             entries: HashMap::new(),
             taken: HashSet::new(),
+            quantize: None,
         };
         for path in paths {
             store.add_file(path)?;
@@ -173,6 +175,16 @@ impl WeightStore {
             self.files[file].1.clone(),
             start,
         )))
+    }
+
+    /// Asks layers that can (projections on CPU devices) to quantize their weights at load.
+    pub fn set_quantization(&mut self, q: Option<Quantization>) {
+        self.quantize = q;
+    }
+
+    /// The quantization asked for, if any.
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quantize
     }
 
     /// The storage dtype of a tensor, if present.

@@ -56,7 +56,7 @@ impl std::fmt::Debug for HalfMatrix {
 }
 
 /// Output rows per parallel task in the GEMV path.
-const ROWS_PER_TASK: usize = 16;
+const ROWS_PER_TASK: usize = 64;
 /// Weight rows widened at once in the GEMM path.
 const GEMM_BLOCK: usize = 1024;
 /// Activation rows from which the GEMM path is taken.

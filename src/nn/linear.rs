@@ -10,7 +10,7 @@ use burn::tensor::FloatDType;
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
-use crate::nn::HalfMatrix;
+use crate::nn::{HalfMatrix, QuantMatrix, Quantization};
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
 /// A weight larger than the device's [`Device::max_tensor_bytes`] (a big vocabulary's output
@@ -20,8 +20,43 @@ use crate::nn::HalfMatrix;
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Vec<Tensor<2>>,
-    half: Option<Arc<HalfMatrix>>,
+    host: Option<Arc<HostWeight>>,
     bias: Option<Tensor<1>>,
+}
+
+/// A weight kept on the host and multiplied by kiln's CPU kernels.
+#[derive(Debug)]
+pub enum HostWeight {
+    /// f16/bf16 as stored in the file.
+    Half(HalfMatrix),
+    /// Quantized at load.
+    Quant(QuantMatrix),
+}
+
+impl HostWeight {
+    /// `[rows, cols]` of the `[out, in]` matrix.
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            HostWeight::Half(m) => [m.rows(), m.cols()],
+            HostWeight::Quant(m) => [m.rows(), m.cols()],
+        }
+    }
+
+    /// `x · Wᵀ` for `n` rows of `x`.
+    pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
+        match self {
+            HostWeight::Half(m) => m.matmul_t(x, n),
+            HostWeight::Quant(m) => m.matmul_t(x, n),
+        }
+    }
+
+    /// Bytes of weight data.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            HostWeight::Half(m) => m.byte_len(),
+            HostWeight::Quant(m) => m.byte_len(),
+        }
+    }
 }
 
 impl Linear {
@@ -35,7 +70,8 @@ impl Linear {
         device: &Device,
     ) -> Result<Self> {
         let name = format!("{prefix}.weight");
-        let layer = match Self::load_half(store, &name, d_out, d_in, device)? {
+        let layer = match Self::load_host(store, &name, d_out, d_in, store.quantization(), device)?
+        {
             Some(l) => l,
             None => Self::from_pytorch(store.read_f32(&name, &[d_out, d_in])?, d_in, d_out, device),
         };
@@ -46,28 +82,34 @@ impl Linear {
         }))
     }
 
-    /// `name` (`[rows, cols]`) kept half precision, when the device does that and the file
-    /// stores it so.
-    fn load_half(
+    /// `name` (`[rows, cols]`) kept on the host when the device does that: quantized with
+    /// `quantize` (whole blocks only), else half precision when the file stores it so.
+    fn load_host(
         store: &mut WeightStore,
         name: &str,
         rows: usize,
         cols: usize,
+        quantize: Option<Quantization>,
         device: &Device,
     ) -> Result<Option<Self>> {
         if !device.keeps_half_weights() {
             return Ok(None);
         }
+        if let Some(q) = quantize.filter(|_| QuantMatrix::fits(cols)) {
+            let w = store.read_f32(name, &[rows, cols])?;
+            let m = QuantMatrix::quantize(q, &w, rows, cols);
+            return Ok(Some(Self::from_host(HostWeight::Quant(m))));
+        }
         Ok(store
             .take_half(name, rows, cols)?
-            .map(|m| Self::from_half(Arc::new(m))))
+            .map(|m| Self::from_host(HostWeight::Half(m))))
     }
 
-    /// A layer over a half-precision `[out, in]` matrix (CPU only).
-    pub fn from_half(m: Arc<HalfMatrix>) -> Self {
+    /// A layer over a host `[out, in]` matrix (CPU only).
+    pub fn from_host(w: HostWeight) -> Self {
         Self {
             weight: Vec::new(),
-            half: Some(m),
+            host: Some(Arc::new(w)),
             bias: None,
         }
     }
@@ -82,15 +124,22 @@ impl Linear {
         vocab: usize,
         device: &Device,
     ) -> Result<Self> {
+        // The head decides every token: 4-bit models keep it at 8 bits (as llama.cpp keeps
+        // its output layer at higher precision).
+        let head_q = store.quantization().map(|_| Quantization::Q8);
         if tied {
             store.skip("lm_head.weight");
-            if let Some(l) = Self::load_half(store, embed_name, vocab, hidden, device)? {
+            if let Some(l) = Self::load_host(store, embed_name, vocab, hidden, head_q, device)? {
                 return Ok(l);
             }
             let w = store.read_f32(embed_name, &[vocab, hidden])?;
             Ok(Self::from_pytorch(w, hidden, vocab, device))
         } else {
-            Self::load(store, "lm_head", hidden, vocab, false, device)
+            let name = "lm_head.weight";
+            match Self::load_host(store, name, vocab, hidden, head_q, device)? {
+                Some(l) => Ok(l),
+                None => Self::load(store, "lm_head", hidden, vocab, false, device),
+            }
         }
     }
 
@@ -105,17 +154,33 @@ impl Linear {
     ) -> Result<Vec<Self>> {
         let total: usize = parts.iter().sum();
         let name = format!("{prefix}.weight");
-        if let Some(whole) = Self::load_half(store, &name, total, d_in, device)? {
-            let m = whole.half.expect("load_half gives a half layer");
-            let mut row = 0;
-            return Ok(parts
-                .iter()
-                .map(|&rows| {
-                    let part = m.slice_rows(row, row + rows);
-                    row += rows;
-                    Self::from_half(Arc::new(part))
-                })
-                .collect());
+        if device.keeps_half_weights() {
+            let q = store.quantization().filter(|_| QuantMatrix::fits(d_in));
+            if let Some(q) = q {
+                let w = store.read_f32(&name, &[total, d_in])?;
+                let mut row = 0;
+                return Ok(parts
+                    .iter()
+                    .map(|&rows| {
+                        let block = &w[row * d_in..(row + rows) * d_in];
+                        row += rows;
+                        Self::from_host(HostWeight::Quant(QuantMatrix::quantize(
+                            q, block, rows, d_in,
+                        )))
+                    })
+                    .collect());
+            }
+            if let Some(m) = store.take_half(&name, total, d_in)? {
+                let mut row = 0;
+                return Ok(parts
+                    .iter()
+                    .map(|&rows| {
+                        let part = m.slice_rows(row, row + rows);
+                        row += rows;
+                        Self::from_host(HostWeight::Half(part))
+                    })
+                    .collect());
+            }
         }
         let w = store.read_f32(&name, &[total, d_in])?;
         let mut out = Vec::with_capacity(parts.len());
@@ -152,7 +217,7 @@ impl Linear {
                     TensorData::new(block, [d_in, cols]),
                     device.floats(),
                 )],
-                half: None,
+                host: None,
                 bias: Some(Tensor::from_data(
                     TensorData::new(bias, [cols]),
                     device.floats(),
@@ -200,7 +265,7 @@ impl Linear {
         };
         Self {
             weight,
-            half: None,
+            host: None,
             bias: None,
         }
     }
@@ -213,7 +278,7 @@ impl Linear {
     /// # Shapes
     /// `x: [batch, seq, in]` → `[batch, seq, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if let Some(m) = &self.half {
+        if let Some(m) = &self.host {
             let [b, s, d] = x.dims();
             let device = x.device();
             let xs = x
@@ -222,9 +287,10 @@ impl Linear {
                 .try_into_vec::<f32>()
                 .expect("f32 activations after the cast");
             let y = m.matmul_t(&xs, b * s);
-            debug_assert_eq!(d, m.cols());
+            let [rows, cols] = m.shape();
+            debug_assert_eq!(d, cols);
             let out = Tensor::<3>::from_data(
-                TensorData::new(y, [b, s, m.rows()]),
+                TensorData::new(y, [b, s, rows]),
                 (&device, burn::tensor::DType::F32),
             );
             return match &self.bias {
@@ -252,15 +318,15 @@ impl Linear {
 
     /// Output features.
     pub fn d_out(&self) -> usize {
-        match &self.half {
-            Some(m) => m.rows(),
+        match &self.host {
+            Some(m) => m.shape()[0],
             None => self.weight.iter().map(|w| w.dims()[1]).sum(),
         }
     }
 
-    /// The half-precision matrix, when the layer keeps one.
-    pub fn half(&self) -> Option<&HalfMatrix> {
-        self.half.as_deref()
+    /// The host matrix, when the layer keeps one (CPU: half-precision or quantized).
+    pub fn host(&self) -> Option<&HostWeight> {
+        self.host.as_deref()
     }
 
     /// How many column blocks the weight is stored in (1 unless it is larger than the

@@ -12,6 +12,7 @@ pub mod linear;
 pub mod mlp;
 pub mod moe;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 
 pub use activation::Activation;
@@ -23,4 +24,5 @@ pub use linear::Linear;
 pub use mlp::{GatedMlp, Mlp};
 pub use moe::SparseMoe;
 pub use norm::{LayerNorm, RmsNorm};
+pub use quant::{QuantMatrix, Quantization};
 pub use rope::{RopeScaling, RotaryEmbedding};

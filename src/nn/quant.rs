@@ -1,0 +1,480 @@
+//! In-situ quantization at load: weights rounded to 8-bit (`Q8`) or 4-bit (`Q4`) integers in
+//! blocks of 32 along each row, one f32 scale per block (symmetric, like llama.cpp's Q8_0 and
+//! Q4_0), multiplied on the CPU by kiln's own kernels.
+//!
+//! Decode (a few activation rows): each activation row is itself quantized to 8 bits per block
+//! of 32 and the products are integer dot products (AVX2 `maddubs`/`madd`, portable code
+//! elsewhere) scaled per block, reading 1.125 (Q8) or 0.625 (Q4) bytes per weight. Prefill
+//! (many rows): a block of weight rows is dequantized to f32 and multiplied by an f32 GEMM, so
+//! activations stay f32 there.
+
+use rayon::prelude::*;
+
+/// Weights per quantization block.
+pub const QBLOCK: usize = 32;
+
+/// How weights are quantized at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// 8-bit integers per block of 32, one scale each (1.125 bytes per weight).
+    Q8,
+    /// 4-bit integers per block of 32, one scale each (0.625 bytes per weight).
+    Q4,
+}
+
+impl Quantization {
+    /// `q8` or `q4`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantization::Q8 => "q8",
+            Quantization::Q4 => "q4",
+        }
+    }
+
+    /// Parses `q8` or `q4` (also `int8`, `int4`).
+    pub fn from_name(name: &str) -> crate::Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "q8" | "int8" | "q8_0" => Ok(Quantization::Q8),
+            "q4" | "int4" | "q4_0" => Ok(Quantization::Q4),
+            _ => Err(crate::Error::invalid_arg(
+                "quantize",
+                format!("unknown quantization {name:?}; expected q8 or q4"),
+            )),
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` matrix quantized per block of [`QBLOCK`] columns.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    kind: Quantization,
+    rows: usize,
+    cols: usize,
+    /// Q8: one i8 per weight. Q4: two weights per byte; within a block, byte `j` holds weight
+    /// `j` (low nibble) and `j + 16` (high nibble), each stored as `q + 8`.
+    qs: Vec<u8>,
+    /// One per block, row-major (`rows · cols / QBLOCK`).
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantMatrix({:?}, {}x{})",
+            self.kind, self.rows, self.cols
+        )
+    }
+}
+
+/// Output rows per parallel task in the GEMV path.
+const ROWS_PER_TASK: usize = 64;
+/// Weight rows dequantized at once in the GEMM path.
+const GEMM_BLOCK: usize = 1024;
+/// Activation rows from which the GEMM path is taken.
+const GEMM_MIN_ROWS: usize = 4;
+
+impl QuantMatrix {
+    /// Whether a row of `cols` values can be quantized (whole blocks only).
+    pub fn fits(cols: usize) -> bool {
+        cols > 0 && cols % QBLOCK == 0
+    }
+
+    /// Quantizes a row-major `[rows, cols]` f32 matrix (`cols` a multiple of [`QBLOCK`]).
+    pub fn quantize(kind: Quantization, w: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            Self::fits(cols) && w.len() == rows * cols,
+            "quantize: shape"
+        );
+        let blocks = rows * cols / QBLOCK;
+        let bytes_per_block = match kind {
+            Quantization::Q8 => QBLOCK,
+            Quantization::Q4 => QBLOCK / 2,
+        };
+        let mut qs = vec![0u8; blocks * bytes_per_block];
+        let mut scales = vec![0f32; blocks];
+        qs.par_chunks_mut(bytes_per_block)
+            .zip(scales.par_iter_mut())
+            .zip(w.par_chunks(QBLOCK))
+            .for_each(|((q, scale), src)| {
+                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+                match kind {
+                    Quantization::Q8 => {
+                        let d = amax / 127.0;
+                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                        for (o, v) in q.iter_mut().zip(src) {
+                            *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+                        }
+                        *scale = d;
+                    }
+                    Quantization::Q4 => {
+                        let d = amax / 7.0;
+                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                        let level = |v: f32| ((v * inv).round().clamp(-8.0, 7.0) as i32 + 8) as u8;
+                        for j in 0..QBLOCK / 2 {
+                            q[j] = level(src[j]) | (level(src[j + QBLOCK / 2]) << 4);
+                        }
+                        *scale = d;
+                    }
+                }
+            });
+        Self {
+            kind,
+            rows,
+            cols,
+            qs,
+            scales,
+        }
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Q8 or Q4.
+    pub fn kind(&self) -> Quantization {
+        self.kind
+    }
+
+    /// Bytes held (integers and scales).
+    pub fn byte_len(&self) -> usize {
+        self.qs.len() + 4 * self.scales.len()
+    }
+
+    /// Row `r` dequantized into `out` (`cols` values).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let bpr = self.cols / QBLOCK;
+        for (b, dst) in out.chunks_mut(QBLOCK).enumerate() {
+            let block = r * bpr + b;
+            let d = self.scales[block];
+            match self.kind {
+                Quantization::Q8 => {
+                    let q = &self.qs[block * QBLOCK..(block + 1) * QBLOCK];
+                    for (o, &v) in dst.iter_mut().zip(q) {
+                        *o = (v as i8) as f32 * d;
+                    }
+                }
+                Quantization::Q4 => {
+                    let q = &self.qs[block * QBLOCK / 2..(block + 1) * QBLOCK / 2];
+                    for j in 0..QBLOCK / 2 {
+                        dst[j] = ((q[j] & 0x0F) as i32 - 8) as f32 * d;
+                        dst[j + QBLOCK / 2] = ((q[j] >> 4) as i32 - 8) as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y = x · selfᵀ` for `n` rows of `x` (`[n, cols]`, row-major) → `[n, rows]`.
+    pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
+        assert_eq!(x.len(), n * self.cols, "matmul_t: activation length");
+        let mut y = vec![0f32; n * self.rows];
+        if n == 0 || self.rows == 0 {
+            return y;
+        }
+        if n >= GEMM_MIN_ROWS {
+            self.gemm(x, n, &mut y);
+        } else {
+            self.gemv(x, n, &mut y);
+        }
+        y
+    }
+
+    fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let bpr = cols / QBLOCK;
+        // Activations quantized to 8 bits per block, as the weights are laid out.
+        let mut xq = vec![0i8; n * cols];
+        let mut xd = vec![0f32; n * bpr];
+        for ((q, d), src) in xq
+            .chunks_mut(QBLOCK)
+            .zip(xd.iter_mut())
+            .zip(x.chunks(QBLOCK))
+        {
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            *d = amax / 127.0;
+            let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
+            for (o, v) in q.iter_mut().zip(src) {
+                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        let dot = block_dot_fn(self.kind);
+        let bytes_per_block = match self.kind {
+            Quantization::Q8 => QBLOCK,
+            Quantization::Q4 => QBLOCK / 2,
+        };
+        let mut out = vec![0f32; rows * n];
+        out.par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let r0 = t * ROWS_PER_TASK;
+                for (i, slot) in chunk.chunks_mut(n).enumerate() {
+                    let r = r0 + i;
+                    let wq = &self.qs[r * bpr * bytes_per_block..(r + 1) * bpr * bytes_per_block];
+                    let wd = &self.scales[r * bpr..(r + 1) * bpr];
+                    for (j, s) in slot.iter_mut().enumerate() {
+                        *s = dot(
+                            wq,
+                            wd,
+                            &xq[j * cols..(j + 1) * cols],
+                            &xd[j * bpr..(j + 1) * bpr],
+                        );
+                    }
+                }
+            });
+        for r in 0..rows {
+            for j in 0..n {
+                y[j * rows + r] = out[r * n + j];
+            }
+        }
+    }
+
+    fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let threads = rayon::current_num_threads();
+        let mut block = vec![0f32; GEMM_BLOCK.min(rows) * cols];
+        for r0 in (0..rows).step_by(GEMM_BLOCK) {
+            let r1 = (r0 + GEMM_BLOCK).min(rows);
+            let b = &mut block[..(r1 - r0) * cols];
+            b.par_chunks_mut(cols)
+                .enumerate()
+                .for_each(|(i, dst)| self.row_to_f32(r0 + i, dst));
+            // SAFETY: as in HalfMatrix::gemm — dst is y's columns r0..r1 seen transposed, lhs
+            // the dequantized block (row stride `cols`), rhs x transposed; all in bounds.
+            unsafe {
+                gemm::gemm(
+                    r1 - r0,
+                    n,
+                    cols,
+                    y.as_mut_ptr().add(r0),
+                    rows as isize,
+                    1,
+                    false,
+                    b.as_ptr(),
+                    1,
+                    cols as isize,
+                    x.as_ptr(),
+                    cols as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+        }
+    }
+}
+
+/// Σ over blocks of `wd[b] · xd[b] · (integer dot of block b)`.
+type BlockDot = fn(&[u8], &[f32], &[i8], &[f32]) -> f32;
+
+fn block_dot_fn(kind: Quantization) -> BlockDot {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return match kind {
+                Quantization::Q8 => x86::dot_q8,
+                Quantization::Q4 => x86::dot_q4,
+            };
+        }
+    }
+    match kind {
+        Quantization::Q8 => dot_q8_portable,
+        Quantization::Q4 => dot_q4_portable,
+    }
+}
+
+fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
+        let w = &wq[b * QBLOCK..(b + 1) * QBLOCK];
+        let x = &xq[b * QBLOCK..(b + 1) * QBLOCK];
+        let acc: i32 = w
+            .iter()
+            .zip(x)
+            .map(|(&a, &c)| (a as i8) as i32 * c as i32)
+            .sum();
+        sum += dw * dx * acc as f32;
+    }
+    sum
+}
+
+fn dot_q4_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    let half = QBLOCK / 2;
+    for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
+        let w = &wq[b * half..(b + 1) * half];
+        let x = &xq[b * QBLOCK..(b + 1) * QBLOCK];
+        let mut acc = 0i32;
+        for j in 0..half {
+            acc += ((w[j] & 0x0F) as i32 - 8) * x[j] as i32;
+            acc += ((w[j] >> 4) as i32 - 8) * x[j + half] as i32;
+        }
+        sum += dw * dx * acc as f32;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::QBLOCK;
+    use std::arch::x86_64::*;
+
+    /// 32 signed bytes · 32 signed bytes → 8 i32 partial sums as f32.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot32(w: __m256i, x: __m256i) -> __m256 {
+        // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
+        let aw = _mm256_sign_epi8(w, w);
+        let sx = _mm256_sign_epi8(x, w);
+        let pairs = _mm256_maddubs_epi16(aw, sx);
+        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(quads)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps(v, 1);
+        let lo = _mm256_castps256_ps128(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q8_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+        let blocks = wd.len().min(xd.len());
+        assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let w = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let d = _mm256_set1_ps(wd[b] * xd[b]);
+            acc = _mm256_fmadd_ps(dot32(w, x), d, acc);
+        }
+        hsum(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_q4_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+        let blocks = wd.len().min(xd.len());
+        let half = QBLOCK / 2;
+        assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
+        let mask = _mm256_set1_epi8(0x0F);
+        let eight = _mm256_set1_epi8(8);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let bytes = _mm_loadu_si128(wq.as_ptr().add(b * half) as *const __m128i);
+            // Low nibbles are weights 0..16, high nibbles 16..32.
+            let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+            let w = _mm256_sub_epi8(_mm256_and_si256(both, mask), eight);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let d = _mm256_set1_ps(wd[b] * xd[b]);
+            acc = _mm256_fmadd_ps(dot32(w, x), d, acc);
+        }
+        hsum(acc)
+    }
+
+    pub fn dot_q8(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
+        unsafe { dot_q8_impl(wq, wd, xq, xd) }
+    }
+
+    pub fn dot_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
+        unsafe { dot_q4_impl(wq, wd, xq, xd) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantized_products_are_close_and_paths_agree() {
+        let (rows, cols) = (70, 96);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i * 7919) % 1013) as f32 / 506.0 - 1.0) * 0.3)
+            .collect();
+        for (kind, rel) in [(Quantization::Q8, 0.02), (Quantization::Q4, 0.2)] {
+            let m = QuantMatrix::quantize(kind, &w, rows, cols);
+            // Dequantized rows stay within half a step of the original.
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                m.row_to_f32(r, &mut row);
+                for b in 0..cols / QBLOCK {
+                    let src = &w[r * cols + b * QBLOCK..r * cols + (b + 1) * QBLOCK];
+                    let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let step = amax / if kind == Quantization::Q8 { 127.0 } else { 7.0 };
+                    for (k, v) in src.iter().enumerate() {
+                        assert!((row[b * QBLOCK + k] - v).abs() <= 0.5 * step + 1e-6);
+                    }
+                }
+            }
+            for n in [1, 3, 5] {
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
+                    .collect();
+                let got = m.matmul_t(&x, n);
+                // Exact products with the dequantized weights.
+                let mut want = vec![0f32; n * rows];
+                for j in 0..n {
+                    for r in 0..rows {
+                        m.row_to_f32(r, &mut row);
+                        want[j * rows + r] =
+                            (0..cols).map(|k| row[k] * x[j * cols + k]).sum::<f32>();
+                    }
+                }
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
+                // n < 4 also quantizes the activations (8 bits per block): a small extra error.
+                let tol = if n < GEMM_MIN_ROWS { 0.02 } else { 1e-4 };
+                assert!(
+                    diff <= tol * scale,
+                    "{kind:?} n={n}: {diff} vs scale {scale}"
+                );
+                // And close to the unquantized product.
+                for j in 0..n {
+                    for r in 0..rows {
+                        let exact: f32 = (0..cols).map(|k| w[r * cols + k] * x[j * cols + k]).sum();
+                        assert!((got[j * rows + r] - exact).abs() <= rel * scale + 1e-4);
+                    }
+                }
+            }
+            assert!(m.byte_len() < rows * cols * 2);
+        }
+    }
+
+    #[test]
+    fn portable_and_simd_block_dots_agree() {
+        let blocks = 5;
+        let wq8: Vec<u8> = (0..blocks * QBLOCK).map(|i| (i * 37 % 255) as u8).collect();
+        let wq4: Vec<u8> = (0..blocks * QBLOCK / 2)
+            .map(|i| (i * 53 % 256) as u8)
+            .collect();
+        let xq: Vec<i8> = (0..blocks * QBLOCK)
+            .map(|i| ((i * 29 % 255) as i32 - 127) as i8)
+            .collect();
+        let wd: Vec<f32> = (0..blocks).map(|b| 0.01 * (b + 1) as f32).collect();
+        let xd: Vec<f32> = (0..blocks).map(|b| 0.02 / (b + 1) as f32).collect();
+        let a = block_dot_fn(Quantization::Q8)(&wq8, &wd, &xq, &xd);
+        let b = dot_q8_portable(&wq8, &wd, &xq, &xd);
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        let a = block_dot_fn(Quantization::Q4)(&wq4, &wd, &xq, &xd);
+        let b = dot_q4_portable(&wq4, &wd, &xq, &xd);
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
