@@ -197,8 +197,9 @@ impl WeightStore {
         let (file, start) = self.checked_range(name, expected)?;
         let entry = &self.entries[name];
         let n: usize = expected.iter().product();
-        let bytes = &self.files[file].1[start..entry.end];
-        let out = convert_to_f32(bytes, entry.dtype, n);
+        let map = &self.files[file].1;
+        let out = convert_to_f32(&map[start..entry.end], entry.dtype, n);
+        release(map, start, entry.end);
         self.taken.insert(name.to_string());
         Ok(out)
     }
@@ -293,6 +294,27 @@ impl WeightStore {
 }
 
 /// Converts little-endian f32/f16/bf16 bytes to f32, in parallel for large tensors.
+/// Drops the file pages of `start..end` from this process's resident memory once their values
+/// have been copied out (they stay in the page cache; a later read maps them in again), so
+/// that loading does not hold the file and the converted copy at once.
+fn release(map: &Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: a read-only file mapping; no slice of these pages is borrowed here, and
+            // any later access (a half-precision matrix over the same bytes) faults the same
+            // file contents back in. Failure (another page size) only leaves the pages mapped.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, end);
+}
+
 fn convert_to_f32(bytes: &[u8], dtype: Dtype, n: usize) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let mut out = vec![0f32; n];
