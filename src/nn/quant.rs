@@ -50,8 +50,10 @@ pub struct QuantMatrix {
     kind: Quantization,
     rows: usize,
     cols: usize,
-    /// Q8: one i8 per weight. Q4: two weights per byte; within a block, byte `j` holds weight
-    /// `j` (low nibble) and `j + 16` (high nibble), each stored as `q + 8`.
+    /// Q8: one byte per weight, stored as `q + 128`. Q4: two weights per byte; within a block,
+    /// byte `j` holds weight `j` (low nibble) and `j + 16` (high nibble), each stored as
+    /// `q + 8`. Unsigned storage lets the integer kernels multiply unsigned weights by signed
+    /// activations directly and subtract `offset · Σx` per block afterwards.
     qs: Vec<u8>,
     /// One per block, row-major (`rows · cols / QBLOCK`).
     scales: Vec<f32>,
@@ -103,7 +105,7 @@ impl QuantMatrix {
                         let d = amax / 127.0;
                         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                         for (o, v) in q.iter_mut().zip(src) {
-                            *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+                            *o = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
                         }
                         *scale = d;
                     }
@@ -157,7 +159,7 @@ impl QuantMatrix {
                 Quantization::Q8 => {
                     let q = &self.qs[block * QBLOCK..(block + 1) * QBLOCK];
                     for (o, &v) in dst.iter_mut().zip(q) {
-                        *o = (v as i8) as f32 * d;
+                        *o = (v as i32 - 128) as f32 * d;
                     }
                 }
                 Quantization::Q4 => {
@@ -190,6 +192,13 @@ impl QuantMatrix {
         let (rows, cols) = (self.rows, self.cols);
         let bpr = cols / QBLOCK;
         // Activations quantized to 8 bits per block, as the weights are laid out.
+        // Per block of activations also −offset · (sum of each group of 4 values), one i32 per
+        // group: the kernels start their integer sums there, which removes what the unsigned
+        // weight storage adds, exactly (in f32 it would cancel catastrophically).
+        let offset = match self.kind {
+            Quantization::Q8 => 128,
+            Quantization::Q4 => 8,
+        };
         let mut xq = vec![0i8; n * cols];
         let mut xd = vec![0f32; n * bpr];
         for ((q, d), src) in xq
@@ -204,6 +213,10 @@ impl QuantMatrix {
                 *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
             }
         }
+        let xc: Vec<i32> = xq
+            .chunks(4)
+            .map(|g| -offset * g.iter().map(|&v| v as i32).sum::<i32>())
+            .collect();
         let dot = block_dot_fn(self.kind);
         let bytes_per_block = match self.kind {
             Quantization::Q8 => QBLOCK,
@@ -224,6 +237,7 @@ impl QuantMatrix {
                             wd,
                             &xq[j * cols..(j + 1) * cols],
                             &xd[j * bpr..(j + 1) * bpr],
+                            &xc[j * cols / 4..(j + 1) * cols / 4],
                         );
                     }
                 }
@@ -274,12 +288,22 @@ impl QuantMatrix {
     }
 }
 
-/// Σ over blocks of `wd[b] · xd[b] · (integer dot of block b)`.
-type BlockDot = fn(&[u8], &[f32], &[i8], &[f32]) -> f32;
+/// Σ over blocks of `wd[b] · xd[b] · Σ q·xq` (the signed weights). `xc` holds, per group of 4
+/// activations, −offset × their sum (8 per block), for kernels that multiply the stored
+/// unsigned values.
+type BlockDot = fn(&[u8], &[f32], &[i8], &[f32], &[i32]) -> f32;
 
 fn block_dot_fn(kind: Quantization) -> BlockDot {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return match kind {
+                Quantization::Q8 => x86::dot_q8_vnni,
+                Quantization::Q4 => x86::dot_q4_vnni,
+            };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return match kind {
@@ -294,7 +318,7 @@ fn block_dot_fn(kind: Quantization) -> BlockDot {
     }
 }
 
-fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
     let mut sum = 0f32;
     for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
         let w = &wq[b * QBLOCK..(b + 1) * QBLOCK];
@@ -302,14 +326,14 @@ fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
         let acc: i32 = w
             .iter()
             .zip(x)
-            .map(|(&a, &c)| (a as i8) as i32 * c as i32)
+            .map(|(&a, &c)| (a as i32 - 128) * c as i32)
             .sum();
         sum += dw * dx * acc as f32;
     }
     sum
 }
 
-fn dot_q4_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+fn dot_q4_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
     let mut sum = 0f32;
     let half = QBLOCK / 2;
     for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
@@ -332,13 +356,22 @@ mod x86 {
 
     /// 32 signed bytes · 32 signed bytes → 8 i32 partial sums as f32.
     #[target_feature(enable = "avx2")]
-    unsafe fn dot32(w: __m256i, x: __m256i) -> __m256 {
+    unsafe fn dot32_signed(w: __m256i, x: __m256i) -> __m256 {
         // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
         let aw = _mm256_sign_epi8(w, w);
         let sx = _mm256_sign_epi8(x, w);
         let pairs = _mm256_maddubs_epi16(aw, sx);
         let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
         _mm256_cvtepi32_ps(quads)
+    }
+
+    /// 32 small unsigned bytes (≤ 15) · 32 signed bytes, plus `start` → 8 i32 sums as f32.
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot32_nibbles(w: __m256i, x: __m256i, start: __m256i) -> __m256 {
+        // 15 · 127 · 2 fits i16: no saturation.
+        let pairs = _mm256_maddubs_epi16(w, x);
+        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_cvtepi32_ps(_mm256_add_epi32(quads, start))
     }
 
     #[target_feature(enable = "avx2")]
@@ -352,47 +385,100 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q8_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    unsafe fn dot_q8_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
         let blocks = wd.len().min(xd.len());
         assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
+        let _ = xc; // signed products: nothing to correct
         let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
-            let w = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let wu = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
             let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            // Back to signed (q + 128 → q), exact.
+            let w = _mm256_xor_si256(wu, _mm256_set1_epi8(-128));
             let d = _mm256_set1_ps(wd[b] * xd[b]);
-            acc = _mm256_fmadd_ps(dot32(w, x), d, acc);
+            acc = _mm256_fmadd_ps(dot32_signed(w, x), d, acc);
         }
         hsum(acc)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q4_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    unsafe fn dot_q4_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
         let blocks = wd.len().min(xd.len());
         let half = QBLOCK / 2;
         assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
+        assert!(xc.len() >= blocks * 8);
         let mask = _mm256_set1_epi8(0x0F);
-        let eight = _mm256_set1_epi8(8);
         let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
             let bytes = _mm_loadu_si128(wq.as_ptr().add(b * half) as *const __m128i);
             // Low nibbles are weights 0..16, high nibbles 16..32.
             let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-            let w = _mm256_sub_epi8(_mm256_and_si256(both, mask), eight);
+            let w = _mm256_and_si256(both, mask);
             let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
             let d = _mm256_set1_ps(wd[b] * xd[b]);
-            acc = _mm256_fmadd_ps(dot32(w, x), d, acc);
+            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
+            acc = _mm256_fmadd_ps(dot32_nibbles(w, x, start), d, acc);
         }
         hsum(acc)
     }
 
-    pub fn dot_q8(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
-        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
-        unsafe { dot_q8_impl(wq, wd, xq, xd) }
+    /// AVX-512 VNNI on 256-bit vectors: `dpbusd` multiplies unsigned by signed bytes and sums
+    /// groups of four into i32 lanes in one instruction (no i16 saturation).
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn dot_q8_vnni_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        let blocks = wd.len().min(xd.len());
+        assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
+        assert!(xc.len() >= blocks * 8);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let w = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
+            let dot = _mm256_dpbusd_epi32(start, w, x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(wd[b] * xd[b]), acc);
+        }
+        hsum(acc)
     }
 
-    pub fn dot_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32]) -> f32 {
+    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
+    unsafe fn dot_q4_vnni_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        let blocks = wd.len().min(xd.len());
+        let half = QBLOCK / 2;
+        assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
+        assert!(xc.len() >= blocks * 8);
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let bytes = _mm_loadu_si128(wq.as_ptr().add(b * half) as *const __m128i);
+            let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+            let w = _mm256_and_si256(both, mask);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
+            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
+            let dot = _mm256_dpbusd_epi32(start, w, x);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(wd[b] * xd[b]), acc);
+        }
+        hsum(acc)
+    }
+
+    pub fn dot_q8_vnni(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx512vnni and avx512vl
+        // (whose CPUs have avx2 and fma).
+        unsafe { dot_q8_vnni_impl(wq, wd, xq, xd, xc) }
+    }
+
+    pub fn dot_q4_vnni(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: as dot_q8_vnni.
+        unsafe { dot_q4_vnni_impl(wq, wd, xq, xd, xc) }
+    }
+
+    pub fn dot_q8(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
         // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
-        unsafe { dot_q4_impl(wq, wd, xq, xd) }
+        unsafe { dot_q8_impl(wq, wd, xq, xd, xc) }
+    }
+
+    pub fn dot_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
+        unsafe { dot_q4_impl(wq, wd, xq, xd, xc) }
     }
 }
 
@@ -470,11 +556,35 @@ mod tests {
             .collect();
         let wd: Vec<f32> = (0..blocks).map(|b| 0.01 * (b + 1) as f32).collect();
         let xd: Vec<f32> = (0..blocks).map(|b| 0.02 / (b + 1) as f32).collect();
-        let a = block_dot_fn(Quantization::Q8)(&wq8, &wd, &xq, &xd);
-        let b = dot_q8_portable(&wq8, &wd, &xq, &xd);
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
-        let a = block_dot_fn(Quantization::Q4)(&wq4, &wd, &xq, &xd);
-        let b = dot_q4_portable(&wq4, &wd, &xq, &xd);
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        let corr = |off: i32| -> Vec<i32> {
+            xq.chunks(4)
+                .map(|g| -off * g.iter().map(|&v| v as i32).sum::<i32>())
+                .collect()
+        };
+        let (xc8, xc4) = (corr(128), corr(8));
+        let mut kernels: Vec<(BlockDot, BlockDot)> = vec![(
+            block_dot_fn(Quantization::Q8),
+            block_dot_fn(Quantization::Q4),
+        )];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            kernels.push((x86::dot_q8, x86::dot_q4));
+        }
+        for (k, (q8, q4)) in kernels.into_iter().enumerate() {
+            let (a, b) = (
+                q8(&wq8, &wd, &xq, &xd, &xc8),
+                dot_q8_portable(&wq8, &wd, &xq, &xd, &xc8),
+            );
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "q8 kernel {k}: {a} vs {b}"
+            );
+            let (a, b) = (
+                q4(&wq4, &wd, &xq, &xd, &xc4),
+                dot_q4_portable(&wq4, &wd, &xq, &xd, &xc4),
+            );
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "q4 {a} vs {b}");
+        }
     }
 }
