@@ -202,53 +202,70 @@ impl HalfMatrix {
 
     /// Many activation rows: widen a block of weight rows to f32, then an f32 GEMM per block.
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
         let w = self.bits();
-        let threads = rayon::current_num_threads();
-        // A scratch buffer kept per thread: a fresh one per call costs page faults and zeroing.
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let mut block = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        block.resize(GEMM_BLOCK.min(rows) * cols, 0.0);
-        for r0 in (0..rows).step_by(GEMM_BLOCK) {
-            let r1 = (r0 + GEMM_BLOCK).min(rows);
-            let b = &mut block[..(r1 - r0) * cols];
-            b.par_chunks_mut(cols).enumerate().for_each(|(i, dst)| {
-                widen(self.kind, &w[(r0 + i) * cols..(r0 + i + 1) * cols], dst);
-            });
-            // y[:, r0..r1]ᵀ = b [r1 - r0, cols] · xᵀ [cols, n]: the widened block is the
-            // row-major left operand, as gemm packs it best.
-            // SAFETY: the pointers and strides describe the buffers above: dst is y's columns
-            // r0..r1 seen transposed (element (j, i) at y[i·rows + r0 + j]), lhs is b (row
-            // stride `cols`), rhs is x transposed (element (k, i) at x[i·cols + k]); all lie
-            // within their slices.
-            unsafe {
-                gemm::gemm(
-                    r1 - r0,
-                    n,
-                    cols,
-                    y.as_mut_ptr().add(r0),
-                    rows as isize,
-                    1,
-                    false,
-                    b.as_ptr(),
-                    1,
-                    cols as isize,
-                    x.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(threads),
-                );
-            }
-        }
-        SCRATCH.with(|s| *s.borrow_mut() = block);
+        let cols = self.cols;
+        blocked_gemm(self.rows, cols, x, n, y, |r, dst| {
+            widen(self.kind, &w[r * cols..(r + 1) * cols], dst)
+        });
     }
+}
+
+/// `y = x · Wᵀ` (`x: [n, cols]`, `y: [n, rows]`) for a weight produced row by row by `fill`
+/// (row `r` as f32 into a `cols` slice): blocks of [`GEMM_BLOCK`] rows are widened into a
+/// reused buffer and multiplied by gemm. (Transposing each block to the `[cols, block]` layout
+/// of burn-flex's own f32 weights was measured slower: 28.8 against 36.9 tok/s prefill on the
+/// TinyLlama shape.)
+pub(crate) fn blocked_gemm(
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    // A scratch buffer kept per thread: a fresh one per call costs page faults and zeroing.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut block = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    block.resize(GEMM_BLOCK.min(rows) * cols, 0.0);
+    for r0 in (0..rows).step_by(GEMM_BLOCK) {
+        let r1 = (r0 + GEMM_BLOCK).min(rows);
+        let b = &mut block[..(r1 - r0) * cols];
+        b.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(i, dst)| fill(r0 + i, dst));
+        // y[:, r0..r1]ᵀ = b [r1 - r0, cols] · xᵀ [cols, n].
+        // SAFETY: the pointers and strides describe the buffers above: dst is y's columns
+        // r0..r1 seen transposed (element (j, i) at y[i·rows + r0 + j]), lhs is b (row stride
+        // `cols`), rhs is x transposed (element (k, i) at x[i·cols + k]); all lie within their
+        // slices.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                n,
+                cols,
+                y.as_mut_ptr().add(r0),
+                rows as isize,
+                1,
+                false,
+                b.as_ptr(),
+                1,
+                cols as isize,
+                x.as_ptr(),
+                cols as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
+    }
+    SCRATCH.with(|s| *s.borrow_mut() = block);
 }
 
 /// Widens 16-bit values of `kind` into f32.

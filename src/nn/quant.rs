@@ -71,8 +71,6 @@ impl std::fmt::Debug for QuantMatrix {
 
 /// Output rows per parallel task in the GEMV path.
 const ROWS_PER_TASK: usize = 64;
-/// Weight rows dequantized at once in the GEMM path.
-const GEMM_BLOCK: usize = 1024;
 /// Activation rows from which the GEMM path is taken.
 const GEMM_MIN_ROWS: usize = 4;
 
@@ -105,14 +103,14 @@ impl QuantMatrix {
                         let d = amax / 127.0;
                         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
                         for (o, v) in q.iter_mut().zip(src) {
-                            *o = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                            *o = (round(v * inv).clamp(-127, 127) + 128) as u8;
                         }
                         *scale = d;
                     }
                     Quantization::Q4 => {
                         let d = amax / 7.0;
                         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        let level = |v: f32| ((v * inv).round().clamp(-8.0, 7.0) as i32 + 8) as u8;
+                        let level = |v: f32| (round(v * inv).clamp(-8, 7) + 8) as u8;
                         for j in 0..QBLOCK / 2 {
                             q[j] = level(src[j]) | (level(src[j + QBLOCK / 2]) << 4);
                         }
@@ -210,7 +208,7 @@ impl QuantMatrix {
             *d = amax / 127.0;
             let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
             for (o, v) in q.iter_mut().zip(src) {
-                *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                *o = round(v * inv).clamp(-127, 127) as i8;
             }
         }
         let xc: Vec<i32> = xq
@@ -250,42 +248,18 @@ impl QuantMatrix {
     }
 
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
-        let threads = rayon::current_num_threads();
-        let mut block = vec![0f32; GEMM_BLOCK.min(rows) * cols];
-        for r0 in (0..rows).step_by(GEMM_BLOCK) {
-            let r1 = (r0 + GEMM_BLOCK).min(rows);
-            let b = &mut block[..(r1 - r0) * cols];
-            b.par_chunks_mut(cols)
-                .enumerate()
-                .for_each(|(i, dst)| self.row_to_f32(r0 + i, dst));
-            // SAFETY: as in HalfMatrix::gemm — dst is y's columns r0..r1 seen transposed, lhs
-            // the dequantized block (row stride `cols`), rhs x transposed; all in bounds.
-            unsafe {
-                gemm::gemm(
-                    r1 - r0,
-                    n,
-                    cols,
-                    y.as_mut_ptr().add(r0),
-                    rows as isize,
-                    1,
-                    false,
-                    b.as_ptr(),
-                    1,
-                    cols as isize,
-                    x.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(threads),
-                );
-            }
-        }
+        crate::nn::host::blocked_gemm(self.rows, self.cols, x, n, y, |r, dst| {
+            self.row_to_f32(r, dst)
+        });
     }
+}
+
+/// Rounds half away from zero, as `f32::round`, without its libm call (inlined; the
+/// quantizers run it for every weight at load and every activation at decode).
+#[inline(always)]
+fn round(v: f32) -> i32 {
+    // `as` truncates toward zero (and saturates; NaN gives 0).
+    (v + 0.5f32.copysign(v)) as i32
 }
 
 /// Σ over blocks of `wd[b] · xd[b] · Σ q·xq` (the signed weights). `xc` holds, per group of 4
