@@ -180,24 +180,9 @@ impl HalfMatrix {
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let w = self.bits();
         let dot = dot_fn(kind);
-        // Results per task are written as [task rows, n] then scattered into y [n, rows].
-        let mut out = vec![0f32; rows * n];
-        out.par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                let r0 = t * ROWS_PER_TASK;
-                for (i, slot) in chunk.chunks_mut(n).enumerate() {
-                    let row = &w[(r0 + i) * cols..(r0 + i + 1) * cols];
-                    for (j, s) in slot.iter_mut().enumerate() {
-                        *s = dot(row, &x[j * cols..(j + 1) * cols]);
-                    }
-                }
-            });
-        for r in 0..rows {
-            for j in 0..n {
-                y[j * rows + r] = out[r * n + j];
-            }
-        }
+        for_each_output(rows, n, y, |r, j| {
+            dot(&w[r * cols..(r + 1) * cols], &x[j * cols..(j + 1) * cols])
+        });
     }
 
     /// Many activation rows: widen a block of weight rows to f32, then an f32 GEMM per block.
@@ -207,6 +192,34 @@ impl HalfMatrix {
         blocked_gemm(self.rows, cols, x, n, y, |r, dst| {
             widen(self.kind, &w[r * cols..(r + 1) * cols], dst)
         });
+    }
+}
+
+/// Fills `y` (`[n, rows]`) with `value(r, j)`, output feature `r` of activation row `j`, in
+/// parallel over blocks of output features: each task handles every activation row of its
+/// weight rows, so a weight row is read once from memory for all of them.
+pub(crate) fn for_each_output(
+    rows: usize,
+    n: usize,
+    y: &mut [f32],
+    value: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    // Results per task are written as [task rows, n] then scattered into y [n, rows].
+    let mut out = vec![0f32; rows * n];
+    out.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(t, chunk)| {
+            let r0 = t * ROWS_PER_TASK;
+            for (i, slot) in chunk.chunks_mut(n).enumerate() {
+                for (j, s) in slot.iter_mut().enumerate() {
+                    *s = value(r0 + i, j);
+                }
+            }
+        });
+    for r in 0..rows {
+        for j in 0..n {
+            y[j * rows + r] = out[r * n + j];
+        }
     }
 }
 

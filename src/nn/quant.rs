@@ -69,8 +69,6 @@ impl std::fmt::Debug for QuantMatrix {
     }
 }
 
-/// Output rows per parallel task in the GEMV path.
-const ROWS_PER_TASK: usize = 64;
 /// Activation rows from which the GEMM path is taken.
 const GEMM_MIN_ROWS: usize = 4;
 
@@ -220,31 +218,15 @@ impl QuantMatrix {
             Quantization::Q8 => QBLOCK,
             Quantization::Q4 => QBLOCK / 2,
         };
-        let mut out = vec![0f32; rows * n];
-        out.par_chunks_mut(ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each(|(t, chunk)| {
-                let r0 = t * ROWS_PER_TASK;
-                for (i, slot) in chunk.chunks_mut(n).enumerate() {
-                    let r = r0 + i;
-                    let wq = &self.qs[r * bpr * bytes_per_block..(r + 1) * bpr * bytes_per_block];
-                    let wd = &self.scales[r * bpr..(r + 1) * bpr];
-                    for (j, s) in slot.iter_mut().enumerate() {
-                        *s = dot(
-                            wq,
-                            wd,
-                            &xq[j * cols..(j + 1) * cols],
-                            &xd[j * bpr..(j + 1) * bpr],
-                            &xc[j * cols / 4..(j + 1) * cols / 4],
-                        );
-                    }
-                }
-            });
-        for r in 0..rows {
-            for j in 0..n {
-                y[j * rows + r] = out[r * n + j];
-            }
-        }
+        crate::nn::host::for_each_output(rows, n, y, |r, j| {
+            dot(
+                &self.qs[r * bpr * bytes_per_block..(r + 1) * bpr * bytes_per_block],
+                &self.scales[r * bpr..(r + 1) * bpr],
+                &xq[j * cols..(j + 1) * cols],
+                &xd[j * bpr..(j + 1) * bpr],
+                &xc[j * cols / 4..(j + 1) * cols / 4],
+            )
+        });
     }
 
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
