@@ -283,6 +283,15 @@ impl Device {
             && std::env::var("KILN_HOST_KERNELS").as_deref() != Ok("0")
     }
 
+    /// Whether a model whose weights all stay on the host ([`Device::keeps_half_weights`])
+    /// runs each decode step of a single sequence entirely on the host: kiln's kernels for the
+    /// projections, plain loops for norms, rotary embedding and attention, the KV cache in host
+    /// memory; no tensor operation per layer. On unless the environment sets
+    /// `KILN_HOST_DECODE=0` (to compare with the tensor path).
+    pub fn decodes_on_host(&self) -> bool {
+        self.keeps_half_weights() && std::env::var("KILN_HOST_DECODE").as_deref() != Ok("0")
+    }
+
     /// The float type this device computes in.
     pub fn dtype(&self) -> Dtype {
         self.dtype

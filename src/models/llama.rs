@@ -27,7 +27,7 @@
 
 use std::path::Path;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::device::Device;
@@ -293,6 +293,8 @@ pub struct Llama {
     lm_head: Linear,
     rope: RotaryEmbedding,
     device: Device,
+    /// Decode steps run on kiln's host path (see [`Device::decodes_on_host`]).
+    host_decode: bool,
 }
 
 impl Llama {
@@ -390,6 +392,12 @@ impl Llama {
             bos_token_id: cfg.bos_token_id,
             eos_token_ids: cfg.eos_token_ids.clone(),
         };
+        let host_decode = device.decodes_on_host()
+            && embed_tokens.is_host()
+            && lm_head.host().is_some()
+            && layers.iter().all(|l| {
+                l.self_attn.is_host() && matches!(&l.mlp, Ffn::Dense(m) if m.is_host())
+            });
         Ok(Self {
             cfg,
             info,
@@ -399,7 +407,36 @@ impl Llama {
             lm_head,
             rope,
             device: device.clone(),
+            host_decode,
         })
+    }
+
+    /// One decode step of one sequence on the host: the token's logits (`[vocab]`). Every
+    /// weight is read by kiln's CPU kernels and everything between them runs on plain host
+    /// vectors, so a step costs one parallel pass per projection and no tensor operations.
+    fn decode_host(&self, id: u32, cache: &mut KvCache) -> Vec<f32> {
+        let pos = cache.len();
+        let (cos, sin) = self.rope.host_tables(&[pos]);
+        let mut x = self.embed_tokens.forward_host(id, &self.device);
+        let mut h = vec![0f32; x.len()];
+        for (i, layer) in self.layers.iter().enumerate() {
+            h.copy_from_slice(&x);
+            layer.input_layernorm.forward_host(&mut h);
+            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
+            let attn = layer
+                .self_attn
+                .forward_host(&h, pos, rope, cache.layer_mut(i));
+            x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
+            h.copy_from_slice(&x);
+            layer.post_attention_layernorm.forward_host(&mut h);
+            let mlp = match &layer.mlp {
+                Ffn::Dense(m) => m.forward_host(&h),
+                Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
+            };
+            x.iter_mut().zip(&mlp).for_each(|(x, m)| *x += m);
+        }
+        self.norm.forward_host(&mut x);
+        self.lm_head.forward_host(&x, 1)
     }
 
     /// The resolved configuration.
@@ -467,6 +504,17 @@ impl CausalLm for Llama {
         which: LogitsFor,
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
+        if self.host_decode && seq == 1 && pads == [0] {
+            // On a pool thread: every projection's parallel pass then starts from inside the
+            // pool, instead of each waking the pool and sleeping until it is done.
+            let mut logits = Vec::new();
+            rayon::scope(|_| logits = self.decode_host(input.ids[0], cache));
+            let vocab = logits.len();
+            return Ok(Tensor::from_data(
+                TensorData::new(logits, [1, vocab]),
+                self.device.floats(),
+            ));
+        }
         let start = cache.len();
         let max_len = cache.max_len();
         let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;

@@ -32,6 +32,21 @@ impl Activation {
         }
     }
 
+    /// Applies the activation elementwise on the host, in place (f32).
+    pub fn forward_host(self, x: &mut [f32]) {
+        match self {
+            Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+            Activation::Gelu => x
+                .iter_mut()
+                .for_each(|v| *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))),
+            Activation::GeluTanh => x.iter_mut().for_each(|v| {
+                let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (*v + 0.044715 * *v * *v * *v);
+                *v = 0.5 * *v * (1.0 + inner.tanh());
+            }),
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+    }
+
     /// Applies the activation elementwise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {

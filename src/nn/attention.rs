@@ -303,6 +303,92 @@ impl Attention {
         self.attend(q, kv.k, kv.v, mask)
     }
 
+    /// [`Attention::forward`] for one token of one sequence at position `pos` on the host
+    /// (kiln's CPU decode path): `x: [hidden]` → `[hidden]`; `rope` carries the rotary
+    /// embedding with this position's tables ([`RotaryEmbedding::host_tables`]). The cache
+    /// grows by one position, in host form.
+    pub fn forward_host(
+        &self,
+        x: &[f32],
+        pos: usize,
+        rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
+        cache: &mut LayerCache,
+    ) -> Vec<f32> {
+        let AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            ..
+        } = self.cfg;
+        let mut q = self.q_proj.forward_host(x, 1);
+        let mut k = self.k_proj.forward_host(x, 1);
+        let v = self.v_proj.forward_host(x, 1);
+        if let Some((qn, kn)) = &self.qk_norm {
+            qn.forward_host(&mut q);
+            kn.forward_host(&mut k);
+        }
+        if let Some((rope, cos, sin)) = rope {
+            rope.apply_host(&mut q, cos, sin);
+            rope.apply_host(&mut k, cos, sin);
+        }
+        let kv = cache.append_host(&k, &v, kv_heads, window);
+        // Keys this query sees: the window's (itself included), or everything cached.
+        let lo = window.map_or(kv.first, |w| (pos + 1).saturating_sub(w).max(kv.first));
+        let width = kv_heads * head_dim;
+        let keys = &kv.k[(lo - kv.first) * width..];
+        let values = &kv.v[(lo - kv.first) * width..];
+        let total = pos + 1 - lo;
+        let group = heads / kv_heads;
+        let (scale, softcap) = (self.cfg.scale as f32, self.cfg.softcap.map(|c| c as f32));
+        let mut out = vec![0f32; heads * head_dim];
+        let attend_head = |h: usize, o: &mut [f32]| {
+            let qh = &q[h * head_dim..(h + 1) * head_dim];
+            let off = (h / group) * head_dim;
+            let mut scores: Vec<f32> = (0..total)
+                .map(|t| {
+                    let kt = &keys[t * width + off..t * width + off + head_dim];
+                    let s = crate::nn::host::dot_f32(qh, kt) * scale;
+                    match softcap {
+                        Some(cap) => (s / cap).tanh() * cap,
+                        None => s,
+                    }
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            scores.iter_mut().for_each(|s| {
+                *s = (*s - max).exp();
+                sum += *s;
+            });
+            let inv = 1.0 / sum;
+            for (t, p) in scores.iter().enumerate() {
+                let vt = &values[t * width + off..t * width + off + head_dim];
+                let w = p * inv;
+                o.iter_mut().zip(vt).for_each(|(o, v)| *o += w * v);
+            }
+        };
+        // Parallel over heads once the cache makes it worth the tasks.
+        if heads * total * head_dim >= 1 << 15 {
+            use rayon::prelude::*;
+            out.par_chunks_mut(head_dim)
+                .enumerate()
+                .for_each(|(h, o)| attend_head(h, o));
+        } else {
+            out.chunks_mut(head_dim)
+                .enumerate()
+                .for_each(|(h, o)| attend_head(h, o));
+        }
+        self.o_proj.forward_host(&out, 1)
+    }
+
+    /// Whether every projection keeps its weight on the host (see [`Linear::host`]).
+    pub fn is_host(&self) -> bool {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+            .iter()
+            .all(|l| l.host().is_some())
+    }
+
     /// Bidirectional self-attention over a padded batch (encoders): no cache, no RoPE.
     ///
     /// # Shapes

@@ -94,6 +94,23 @@ impl Embedding {
         self.forward(ids, device).reshape([rows, seq, hidden])
     }
 
+    /// Row `id` on the host (`[hidden]`).
+    pub fn forward_host(&self, id: u32, device: &Device) -> Vec<f32> {
+        match &self.half {
+            Some(m) => {
+                let mut row = vec![0f32; self.hidden];
+                m.row_to_f32(id as usize, &mut row);
+                row
+            }
+            None => crate::nn::linear::host_f32(self.forward(&[id], device)),
+        }
+    }
+
+    /// Whether the table stays on the host (half precision on a CPU device).
+    pub fn is_host(&self) -> bool {
+        self.half.is_some()
+    }
+
     /// # Shapes
     /// `ids: [seq]` (one sequence) → `[1, seq, hidden]`
     pub fn forward(&self, ids: &[u32], device: &Device) -> Tensor<3> {

@@ -282,6 +282,25 @@ pub(crate) fn blocked_gemm(
 }
 
 /// Widens 16-bit values of `kind` into f32.
+/// `Σ a·b` over f32 slices of equal length, in 8 independent lanes so that the compiler
+/// vectorises it (one running sum would serialise every addition).
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
     match kind {
         HalfKind::F16 => {

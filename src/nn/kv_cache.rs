@@ -5,8 +5,14 @@
 //! with `slice_assign`; when it is full it grows by whole blocks (never one token at a time).
 //! A sliding-window layer drops the positions no future query can see, a block at a time, so
 //! its buffer stays near the window's size however long the sequence grows.
+//!
+//! CPU decoding on kiln's host path ([`LayerCache::append_host`]) keeps the same positions in
+//! plain host vectors instead; a cache moves between the two forms (one copy) only when the
+//! kind of pass changes, e.g. from a prompt's prefill to its first decoded token.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::nn::linear::host_f32;
 
 /// Positions added per growth step (and dropped per roll of a sliding-window cache).
 pub const BLOCK: usize = 256;
@@ -22,6 +28,28 @@ pub struct LayerCache {
     len: usize,
     /// The sliding window this layer rolls with, if any.
     window: Option<usize>,
+    /// The host form (while `k`/`v` are `None`).
+    host: Option<HostKv>,
+}
+
+/// Keys and values on the host: positions `start..len`, each `[kv_heads, head_dim]`.
+#[derive(Debug, Clone, Default)]
+struct HostKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `kv_heads · head_dim`.
+    width: usize,
+}
+
+/// Keys and values visible to a decoded token on the host path.
+#[derive(Debug, Clone, Copy)]
+pub struct HostKvView<'a> {
+    /// `[total, kv_heads, head_dim]`, row-major.
+    pub k: &'a [f32],
+    /// `[total, kv_heads, head_dim]`, row-major.
+    pub v: &'a [f32],
+    /// Absolute position of the first row.
+    pub first: usize,
 }
 
 /// Keys and values visible to a chunk of queries.
@@ -60,6 +88,9 @@ impl LayerCache {
     ) -> CachedKv {
         let [b, h, new, d] = k.dims();
         self.window = window;
+        if let Some(host) = self.host.take() {
+            self.host_to_tensors(host, [h, d], &k);
+        }
         if let Some(w) = window {
             let keep_from = self.len.saturating_sub(w.saturating_sub(1));
             if keep_from >= self.start + BLOCK {
@@ -98,6 +129,103 @@ impl LayerCache {
         self.k = Some(kc);
         self.v = Some(vc);
         out
+    }
+
+    /// Appends one position's keys and values (`[kv_heads · head_dim]` each, `width` values)
+    /// on the host and returns every position still held, as [`LayerCache::append`] does for
+    /// tensors. A cache in tensor form is copied to the host first (once). Only for caches of
+    /// one sequence.
+    pub fn append_host(
+        &mut self,
+        k: &[f32],
+        v: &[f32],
+        kv_heads: usize,
+        window: Option<usize>,
+    ) -> HostKvView<'_> {
+        let width = k.len();
+        self.window = window;
+        if self.host.is_none() {
+            let host = self.tensors_to_host(kv_heads, width / kv_heads.max(1));
+            self.host = Some(host);
+        }
+        let host = self.host.get_or_insert_with(HostKv::default);
+        if let Some(w) = window {
+            let keep_from = self.len.saturating_sub(w.saturating_sub(1));
+            if keep_from >= self.start + BLOCK {
+                let dropped = (keep_from - self.start) * width;
+                host.k.drain(..dropped);
+                host.v.drain(..dropped);
+                self.start = keep_from;
+            }
+        }
+        host.k.extend_from_slice(k);
+        host.v.extend_from_slice(v);
+        self.len += 1;
+        HostKvView {
+            k: &host.k,
+            v: &host.v,
+            first: self.start,
+        }
+    }
+
+    /// The tensor form's positions (`[1, kv_heads, held, head_dim]`) as a host cache; the
+    /// tensors are dropped.
+    fn tensors_to_host(&mut self, kv_heads: usize, head_dim: usize) -> HostKv {
+        let width = kv_heads * head_dim;
+        let held = self.len - self.start;
+        let (k, v) = (self.k.take(), self.v.take());
+        let mut host = HostKv {
+            k: Vec::with_capacity((held + BLOCK) * width),
+            v: Vec::with_capacity((held + BLOCK) * width),
+            width,
+        };
+        if let (Some(k), Some(v), true) = (k, v, held > 0) {
+            let read = |t: Tensor<4>, out: &mut Vec<f32>| {
+                let vals = host_f32(t.slice([0..1, 0..kv_heads, 0..held, 0..head_dim]));
+                // [heads, held, dim] -> [held, heads, dim]
+                out.resize(held * width, 0.0);
+                for hd in 0..kv_heads {
+                    for p in 0..held {
+                        let src = (hd * held + p) * head_dim;
+                        let dst = p * width + hd * head_dim;
+                        out[dst..dst + head_dim].copy_from_slice(&vals[src..src + head_dim]);
+                    }
+                }
+            };
+            read(k, &mut host.k);
+            read(v, &mut host.v);
+        } else if held > 0 {
+            // No tensors yet hold positions: nothing consistent to keep.
+            self.start = 0;
+            self.len = 0;
+        }
+        host
+    }
+
+    /// Moves the host form back into tensors laid out as [`LayerCache::append`] keeps them,
+    /// on the device and in the dtype of `like`.
+    fn host_to_tensors(&mut self, host: HostKv, [h, d]: [usize; 2], like: &Tensor<4>) {
+        let held = self.len - self.start;
+        if held == 0 || host.width != h * d {
+            self.k = None;
+            self.v = None;
+            return;
+        }
+        let device = like.device();
+        let dtype = like.dtype();
+        let build = |src: &[f32]| {
+            let mut out = vec![0f32; held * h * d];
+            for p in 0..held {
+                for hd in 0..h {
+                    let from = p * host.width + hd * d;
+                    let to = (hd * held + p) * d;
+                    out[to..to + d].copy_from_slice(&src[from..from + d]);
+                }
+            }
+            Tensor::<4>::from_data(TensorData::new(out, [1, h, held, d]), (&device, dtype))
+        };
+        self.k = Some(build(&host.k));
+        self.v = Some(build(&host.v));
     }
 
     /// Moves positions `keep_from..len` to the front of the buffer.
@@ -152,6 +280,11 @@ impl LayerCache {
             *self = Self::default();
         } else {
             self.len = self.len.min(len);
+            if let Some(host) = &mut self.host {
+                let keep = (self.len.max(self.start) - self.start) * host.width;
+                host.k.truncate(keep);
+                host.v.truncate(keep);
+            }
         }
     }
 }

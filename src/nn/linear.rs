@@ -22,6 +22,8 @@ pub struct Linear {
     weight: Vec<Tensor<2>>,
     host: Option<Arc<HostWeight>>,
     bias: Option<Tensor<1>>,
+    /// The bias on the host, kept with a host weight (for [`Linear::forward_host`]).
+    host_bias: Option<Vec<f32>>,
 }
 
 /// A weight kept on the host and multiplied by kiln's CPU kernels.
@@ -111,6 +113,7 @@ impl Linear {
             weight: Vec::new(),
             host: Some(Arc::new(w)),
             bias: None,
+            host_bias: None,
         }
     }
 
@@ -222,6 +225,7 @@ impl Linear {
                     TensorData::new(bias, [cols]),
                     device.floats(),
                 )),
+                host_bias: None,
             });
             col += cols;
         }
@@ -267,12 +271,38 @@ impl Linear {
             weight,
             host: None,
             bias: None,
+            host_bias: None,
         }
     }
 
     fn with_bias(mut self, bias: Option<Tensor<1>>) -> Self {
+        if self.host.is_some() {
+            self.host_bias = bias.clone().map(host_f32);
+        }
         self.bias = bias;
         self
+    }
+
+    /// `y = x Wᵀ + b` on the host for `n` rows of `x` (`[n, in]` → `[n, out]`): kiln's CPU
+    /// kernels over a host weight, no tensor involved. A layer without one (f32 weights on the
+    /// device) runs its tensor path and reads the result back.
+    pub fn forward_host(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let Some(m) = &self.host else {
+            let device = self.weight[0].device();
+            let d_in = x.len() / n.max(1);
+            let t = Tensor::<3>::from_data(
+                TensorData::new(x.to_vec(), [1, n, d_in]),
+                (&device, self.weight[0].dtype()),
+            );
+            return host_f32(self.forward(t));
+        };
+        let mut y = m.matmul_t(x, n);
+        if let Some(b) = &self.host_bias {
+            for row in y.chunks_mut(b.len().max(1)) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        y
     }
 
     /// # Shapes
@@ -281,11 +311,7 @@ impl Linear {
         if let Some(m) = &self.host {
             let [b, s, d] = x.dims();
             let device = x.device();
-            let xs = x
-                .cast(FloatDType::F32)
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("f32 activations after the cast");
+            let xs = host_f32(x);
             let y = m.matmul_t(&xs, b * s);
             let [rows, cols] = m.shape();
             debug_assert_eq!(d, cols);
@@ -334,6 +360,15 @@ impl Linear {
     pub fn parts(&self) -> usize {
         self.weight.len().max(1)
     }
+}
+
+/// A CPU tensor's values as f32 on the host.
+pub(crate) fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(FloatDType::F32)
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data after the conversion")
 }
 
 /// Transposes a row-major `[rows, cols]` matrix, in parallel over output rows.

@@ -77,6 +77,22 @@ impl GatedMlp {
         let gate = self.act.forward(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
+
+    /// [`GatedMlp::forward`] for one row on the host (`[hidden]` → `[hidden]`).
+    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
+        let mut gate = self.gate_proj.forward_host(x, 1);
+        self.act.forward_host(&mut gate);
+        let up = self.up_proj.forward_host(x, 1);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
+        self.down_proj.forward_host(&gate, 1)
+    }
+
+    /// Whether every projection keeps its weight on the host (see [`Linear::host`]).
+    pub fn is_host(&self) -> bool {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .all(|l| l.host().is_some())
+    }
 }
 
 /// Plain MLP: `proj(act(fc(x)))` (GPT-2's `c_fc`/`c_proj`, BERT's intermediate/output).

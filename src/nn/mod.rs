@@ -19,7 +19,7 @@ pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
 pub use embedding::Embedding;
 pub use host::{HalfKind, HalfMatrix};
-pub use kv_cache::{CachedKv, KvCache, LayerCache};
+pub use kv_cache::{CachedKv, HostKvView, KvCache, LayerCache};
 pub use linear::Linear;
 pub use mlp::{GatedMlp, Mlp};
 pub use moe::SparseMoe;

@@ -10,6 +10,8 @@ use crate::loading::WeightStore;
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor<1>,
+    /// The same weights on the host, for kiln's CPU decode path.
+    host: Vec<f32>,
     eps: f64,
 }
 
@@ -38,9 +40,22 @@ impl RmsNorm {
         let mut w = store.read_f32(&format!("{prefix}.weight"), &[dim])?;
         w.iter_mut().for_each(|x| *x += offset);
         Ok(Self {
-            weight: Tensor::from_data(TensorData::new(w, [dim]), device.floats()),
+            weight: Tensor::from_data(TensorData::new(w.clone(), [dim]), device.floats()),
+            host: w,
             eps,
         })
+    }
+
+    /// Normalises each `dim`-long row of `x` in place, on the host (f32).
+    pub fn forward_host(&self, x: &mut [f32]) {
+        let dim = self.host.len().max(1);
+        for row in x.chunks_mut(dim) {
+            let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+            let inv = 1.0 / (mean + self.eps as f32).sqrt();
+            for (v, w) in row.iter_mut().zip(&self.host) {
+                *v = (*v * inv) * w;
+            }
+        }
     }
 
     /// Normalises over the last axis.

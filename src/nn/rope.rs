@@ -169,6 +169,17 @@ impl RotaryEmbedding {
         len: usize,
         device: &Device,
     ) -> (Tensor<4>, Tensor<4>) {
+        let (cos, sin) = self.host_tables(positions);
+        let shape = [rows, 1, len, self.rotary_dim];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device.floats()),
+            Tensor::from_data(TensorData::new(sin, shape), device.floats()),
+        )
+    }
+
+    /// cos and sin for `positions` on the host, `rotary_dim` values per position each.
+    /// LongRoPE uses its long factors when the furthest position lies past the original context.
+    pub fn host_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let furthest = positions.iter().max().map_or(0, |p| p + 1);
         let inv_freq = match &self.long {
             Some((long, original)) if furthest > *original => long,
@@ -186,11 +197,21 @@ impl RotaryEmbedding {
                 }
             }
         }
-        let shape = [rows, 1, len, self.rotary_dim];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device.floats()),
-            Tensor::from_data(TensorData::new(sin, shape), device.floats()),
-        )
+        (cos, sin)
+    }
+
+    /// Rotates every head of `x` (`[heads · head_dim]`, one position) in place on the host by
+    /// that position's `cos`/`sin` from [`RotaryEmbedding::host_tables`] (rotate-half, as
+    /// [`RotaryEmbedding::apply`]).
+    pub fn apply_host(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = self.rotary_dim / 2;
+        for head in x.chunks_mut(self.head_dim) {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = b * cos[i + half] + a * sin[i + half];
+            }
+        }
     }
 
     /// Rotates `x` by the tables from [`RotaryEmbedding::tables`].
