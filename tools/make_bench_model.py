@@ -4,6 +4,7 @@
 
     python3 tools/make_bench_model.py smollm2-135m /tmp/smollm2-135m     # bf16, 135M params
     python3 tools/make_bench_model.py tinyllama-1.1b /tmp/tinyllama       # f16, 1.1B params
+    python3 tools/make_bench_model.py tinyllama-1.1b /tmp/tinyllama-bf16 bf16   # dtype override
 """
 import sys
 
@@ -31,6 +32,8 @@ SHAPES = {
 def main():
     name, out = sys.argv[1], sys.argv[2]
     cfg, dtype = SHAPES[name]
+    if len(sys.argv) > 3:
+        dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[sys.argv[3]]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), dtype=dtype)
     model.save_pretrained(out)

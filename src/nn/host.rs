@@ -281,7 +281,6 @@ pub(crate) fn blocked_gemm(
     SCRATCH.with(|s| *s.borrow_mut() = block);
 }
 
-/// Widens 16-bit values of `kind` into f32.
 /// `Σ a·b` over f32 slices of equal length, in 8 independent lanes so that the compiler
 /// vectorises it (one running sum would serialise every addition).
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -301,6 +300,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Widens 16-bit values of `kind` into f32.
 fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
     match kind {
         HalfKind::F16 => {
