@@ -395,9 +395,9 @@ impl Llama {
         let host_decode = device.decodes_on_host()
             && embed_tokens.is_host()
             && lm_head.host().is_some()
-            && layers.iter().all(|l| {
-                l.self_attn.is_host() && matches!(&l.mlp, Ffn::Dense(m) if m.is_host())
-            });
+            && layers
+                .iter()
+                .all(|l| l.self_attn.is_host() && matches!(&l.mlp, Ffn::Dense(m) if m.is_host()));
         Ok(Self {
             cfg,
             info,

@@ -36,9 +36,9 @@ impl Activation {
     pub fn forward_host(self, x: &mut [f32]) {
         match self {
             Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
-            Activation::Gelu => x
-                .iter_mut()
-                .for_each(|v| *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))),
+            Activation::Gelu => x.iter_mut().for_each(|v| {
+                *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))
+            }),
             Activation::GeluTanh => x.iter_mut().for_each(|v| {
                 let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (*v + 0.044715 * *v * *v * *v);
                 *v = 0.5 * *v * (1.0 + inner.tanh());

@@ -321,9 +321,11 @@ impl Attention {
             window,
             ..
         } = self.cfg;
-        let mut q = self.q_proj.forward_host(x, 1);
-        let mut k = self.k_proj.forward_host(x, 1);
-        let v = self.v_proj.forward_host(x, 1);
+        let mut qkv =
+            Linear::forward_host_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x).into_iter();
+        let (Some(mut q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            unreachable!("three projections requested");
+        };
         if let Some((qn, kn)) = &self.qk_norm {
             qn.forward_host(&mut q);
             kn.forward_host(&mut k);

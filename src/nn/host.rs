@@ -185,6 +185,13 @@ impl HalfMatrix {
         });
     }
 
+    /// Row `r`'s dot product with one activation row `x` (`cols` values), for
+    /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
+    pub(crate) fn row_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
+        let (cols, dot, w) = (self.cols, dot_fn(self.kind), self.bits());
+        move |r| dot(&w[r * cols..(r + 1) * cols], x)
+    }
+
     /// Many activation rows: widen a block of weight rows to f32, then an f32 GEMM per block.
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.bits();

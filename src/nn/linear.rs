@@ -52,6 +52,41 @@ impl HostWeight {
         }
     }
 
+    /// `W_i · x` for one activation row `x` and several weights of `x.len()` columns, in one
+    /// parallel pass over all their rows (a decode step's q/k/v or gate/up projections: one
+    /// round of thread synchronisation instead of one per matrix).
+    pub fn gemv_many(weights: &[&HostWeight], x: &[f32]) -> Vec<Vec<f32>> {
+        let dots: Vec<Box<dyn Fn(usize) -> f32 + Sync + '_>> = weights
+            .iter()
+            .map(|w| -> Box<dyn Fn(usize) -> f32 + Sync + '_> {
+                match w {
+                    HostWeight::Half(m) => Box::new(m.row_dot(x)),
+                    HostWeight::Quant(m) => Box::new(m.row_dot(x)),
+                }
+            })
+            .collect();
+        let mut ends = Vec::with_capacity(weights.len());
+        let mut total = 0;
+        for w in weights {
+            total += w.shape()[0];
+            ends.push(total);
+        }
+        let mut y = vec![0f32; total];
+        crate::nn::host::for_each_output(total, 1, &mut y, |r, _| {
+            let i = ends.partition_point(|&e| e <= r);
+            let first = if i == 0 { 0 } else { ends[i - 1] };
+            dots[i](r - first)
+        });
+        let mut out = Vec::with_capacity(weights.len());
+        let mut rest = y.as_slice();
+        for w in weights {
+            let (head, tail) = rest.split_at(w.shape()[0]);
+            out.push(head.to_vec());
+            rest = tail;
+        }
+        out
+    }
+
     /// Bytes of weight data.
     pub fn byte_len(&self) -> usize {
         match self {
@@ -281,6 +316,22 @@ impl Linear {
         }
         self.bias = bias;
         self
+    }
+
+    /// [`Linear::forward_host`] of one row `x` through several layers of the same input
+    /// width, in one parallel pass when they all keep host weights.
+    pub fn forward_host_many(layers: &[&Linear], x: &[f32]) -> Vec<Vec<f32>> {
+        let hosts: Option<Vec<&HostWeight>> = layers.iter().map(|l| l.host()).collect();
+        let Some(hosts) = hosts else {
+            return layers.iter().map(|l| l.forward_host(x, 1)).collect();
+        };
+        let mut out = HostWeight::gemv_many(&hosts, x);
+        for (y, l) in out.iter_mut().zip(layers) {
+            if let Some(b) = &l.host_bias {
+                y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        out
     }
 
     /// `y = x Wᵀ + b` on the host for `n` rows of `x` (`[n, in]` → `[n, out]`): kiln's CPU

@@ -80,9 +80,11 @@ impl GatedMlp {
 
     /// [`GatedMlp::forward`] for one row on the host (`[hidden]` → `[hidden]`).
     pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
-        let mut gate = self.gate_proj.forward_host(x, 1);
+        let mut both = Linear::forward_host_many(&[&self.gate_proj, &self.up_proj], x).into_iter();
+        let (Some(mut gate), Some(up)) = (both.next(), both.next()) else {
+            unreachable!("two projections requested");
+        };
         self.act.forward_host(&mut gate);
-        let up = self.up_proj.forward_host(x, 1);
         gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
         self.down_proj.forward_host(&gate, 1)
     }

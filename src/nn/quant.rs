@@ -184,13 +184,38 @@ impl QuantMatrix {
         y
     }
 
-    fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
+    /// Row `r`'s dot product with one activation row `x` (`cols` values; quantized once
+    /// here), for [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
+    pub(crate) fn row_dot<'a>(&'a self, x: &[f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
+        let (xq, xd, xc) = self.quantize_activations(x, 1);
+        let bpr = self.cols / QBLOCK;
+        let bytes = bpr * self.bytes_per_block();
+        let dot = block_dot_fn(self.kind);
+        move |r| {
+            dot(
+                &self.qs[r * bytes..(r + 1) * bytes],
+                &self.scales[r * bpr..(r + 1) * bpr],
+                &xq,
+                &xd,
+                &xc,
+            )
+        }
+    }
+
+    fn bytes_per_block(&self) -> usize {
+        match self.kind {
+            Quantization::Q8 => QBLOCK,
+            Quantization::Q4 => QBLOCK / 2,
+        }
+    }
+
+    /// `n` activation rows quantized to 8 bits per block, as the weights are laid out: values,
+    /// scales, and per group of 4 values −offset · their sum. The kernels start their integer
+    /// sums there, which removes what the unsigned weight storage adds, exactly (in f32 it
+    /// would cancel catastrophically).
+    fn quantize_activations(&self, x: &[f32], n: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+        let cols = self.cols;
         let bpr = cols / QBLOCK;
-        // Activations quantized to 8 bits per block, as the weights are laid out.
-        // Per block of activations also −offset · (sum of each group of 4 values), one i32 per
-        // group: the kernels start their integer sums there, which removes what the unsigned
-        // weight storage adds, exactly (in f32 it would cancel catastrophically).
         let offset = match self.kind {
             Quantization::Q8 => 128,
             Quantization::Q4 => 8,
@@ -213,11 +238,15 @@ impl QuantMatrix {
             .chunks(4)
             .map(|g| -offset * g.iter().map(|&v| v as i32).sum::<i32>())
             .collect();
+        (xq, xd, xc)
+    }
+
+    fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        let bpr = cols / QBLOCK;
+        let (xq, xd, xc) = self.quantize_activations(x, n);
         let dot = block_dot_fn(self.kind);
-        let bytes_per_block = match self.kind {
-            Quantization::Q8 => QBLOCK,
-            Quantization::Q4 => QBLOCK / 2,
-        };
+        let bytes_per_block = self.bytes_per_block();
         crate::nn::host::for_each_output(rows, n, y, |r, j| {
             dot(
                 &self.qs[r * bpr * bytes_per_block..(r + 1) * bpr * bytes_per_block],
