@@ -343,3 +343,72 @@ impl KvCache {
             .for_each(|l| *l = LayerCache::default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+
+    /// Keys of position `p` (2 kv heads × 3 features): distinct, recognisable values.
+    fn key(p: usize) -> Vec<f32> {
+        (0..6).map(|i| (p * 10 + i) as f32).collect()
+    }
+
+    /// `[1, heads, positions, dim]` tensor of positions `from..to`.
+    fn keys_tensor(from: usize, to: usize, d: &Device) -> Tensor<4> {
+        let mut data = Vec::new();
+        for h in 0..2 {
+            for p in from..to {
+                data.extend_from_slice(&key(p)[h * 3..h * 3 + 3]);
+            }
+        }
+        Tensor::from_data(TensorData::new(data, [1, 2, to - from, 3]), d.floats())
+    }
+
+    /// A tensor-form view as `[position][head·dim]` rows.
+    fn rows(t: Tensor<4>) -> Vec<Vec<f32>> {
+        let [_, h, n, d] = t.dims();
+        let v = host_f32(t);
+        (0..n)
+            .map(|p| {
+                (0..h)
+                    .flat_map(|hd| v[(hd * n + p) * d..(hd * n + p + 1) * d].to_vec())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_form_rolls_truncates_and_converts_back() {
+        let d = Device::cpu();
+        let w = Some(8);
+        let mut c = LayerCache::default();
+        // Prefill 5 positions as tensors, then decode on the host far past a roll.
+        let t = keys_tensor(0, 5, &d);
+        c.append(t.clone(), t, 4096, w);
+        let total = 5 + BLOCK + 40;
+        for p in 5..total {
+            let view = c.append_host(&key(p), &key(p), 2, w);
+            let held = view.k.len() / 6;
+            assert_eq!(view.first + held, p + 1, "position {p}");
+            assert_eq!(&view.k[(held - 1) * 6..], key(p).as_slice());
+            // The window's positions are always held.
+            assert!(view.first + 7 <= p || view.first == 0);
+            if view.first > 0 {
+                assert_eq!(&view.v[..6], key(view.first).as_slice());
+            }
+        }
+        let first = c.append_host(&key(total), &key(total), 2, w).first;
+        assert!(first > 0 && first <= total - 7, "rolled once: {first}");
+        // Back to the tensor form for a 2-position chunk after truncating one position.
+        c.truncate(total);
+        let t = keys_tensor(total, total + 2, &d);
+        let kv = c.append(t.clone(), t, 4096, w);
+        let got = rows(kv.k);
+        assert_eq!(kv.first, first);
+        assert_eq!(got.len(), total + 2 - first);
+        for (i, row) in got.iter().enumerate() {
+            assert_eq!(row, &key(first + i), "slot {i}");
+        }
+    }
+}
