@@ -17,7 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::nn::{HalfKind, HalfMatrix, Quantization};
+use crate::nn::{HalfKind, HalfMatrix, QuantMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
 /// (buffers recomputed at load time).
@@ -204,6 +204,32 @@ impl WeightStore {
         Ok(out)
     }
 
+    /// Quantizes rows `rows` of the `[total, cols]` tensor `name` straight from the file's
+    /// bytes, one row at a time (no f32 copy of the tensor), then drops those file pages from
+    /// this process's memory as [`WeightStore::read_f32`] does.
+    pub fn quantize(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        rows: std::ops::Range<usize>,
+        kind: Quantization,
+    ) -> Result<QuantMatrix> {
+        let (file, start) = self.checked_range(name, &shape)?;
+        let dtype = self.entries[name].dtype;
+        let cols = shape[1];
+        let width = if dtype == Dtype::F32 { 4 } else { 2 };
+        let row_bytes = cols * width;
+        let (first, end) = (start + rows.start * row_bytes, start + rows.end * row_bytes);
+        let map = &self.files[file].1;
+        let bytes = &map[first..end];
+        let m = QuantMatrix::quantize_rows(kind, rows.len(), cols, |r, dst| {
+            convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst)
+        });
+        release(map, first, end);
+        self.taken.insert(name.to_string());
+        Ok(m)
+    }
+
     /// Checks that `name` exists with shape `expected`, a dtype kiln reads, and as many bytes
     /// as that needs; returns its file and first byte.
     fn checked_range(&self, name: &str, expected: &[usize]) -> Result<(usize, usize)> {
@@ -293,7 +319,6 @@ impl WeightStore {
     }
 }
 
-/// Converts little-endian f32/f16/bf16 bytes to f32, in parallel for large tensors.
 /// Drops the file pages of `start..end` from this process's resident memory once their values
 /// have been copied out (they stay in the page cache; a later read maps them in again), so
 /// that loading does not hold the file and the converted copy at once.
@@ -315,6 +340,34 @@ fn release(map: &Mmap, start: usize, end: usize) {
     let _ = (map, start, end);
 }
 
+/// Converts one row of little-endian f32/f16/bf16 bytes into `dst` (vectorised when the
+/// half-precision bytes are 2-byte aligned, as safetensors lays them out).
+fn convert_into(bytes: &[u8], dtype: Dtype, dst: &mut [f32]) {
+    let kind = match dtype {
+        Dtype::F16 => HalfKind::F16,
+        Dtype::BF16 => HalfKind::Bf16,
+        _ => {
+            for (x, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            return;
+        }
+    };
+    match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+        Ok(bits) if cfg!(target_endian = "little") => crate::nn::host::widen(kind, bits, dst),
+        _ => {
+            for (x, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                let bits = u16::from_le_bytes([c[0], c[1]]);
+                *x = match kind {
+                    HalfKind::F16 => half::f16::from_bits(bits).to_f32(),
+                    HalfKind::Bf16 => half::bf16::from_bits(bits).to_f32(),
+                };
+            }
+        }
+    }
+}
+
+/// Converts little-endian f32/f16/bf16 bytes to f32, in parallel for large tensors.
 fn convert_to_f32(bytes: &[u8], dtype: Dtype, n: usize) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let mut out = vec![0f32; n];

@@ -308,7 +308,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Widens 16-bit values of `kind` into f32.
-fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
+pub(crate) fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
     match kind {
         HalfKind::F16 => {
             use half::slice::HalfFloatSliceExt;

@@ -133,8 +133,7 @@ impl Linear {
             return Ok(None);
         }
         if let Some(q) = quantize.filter(|_| QuantMatrix::fits(cols)) {
-            let w = store.read_f32(name, &[rows, cols])?;
-            let m = QuantMatrix::quantize(q, &w, rows, cols);
+            let m = store.quantize(name, [rows, cols], 0..rows, q)?;
             return Ok(Some(Self::from_host(HostWeight::Quant(m))));
         }
         Ok(store
@@ -195,18 +194,14 @@ impl Linear {
         if device.keeps_half_weights() {
             let q = store.quantization().filter(|_| QuantMatrix::fits(d_in));
             if let Some(q) = q {
-                let w = store.read_f32(&name, &[total, d_in])?;
                 let mut row = 0;
-                return Ok(parts
-                    .iter()
-                    .map(|&rows| {
-                        let block = &w[row * d_in..(row + rows) * d_in];
-                        row += rows;
-                        Self::from_host(HostWeight::Quant(QuantMatrix::quantize(
-                            q, block, rows, d_in,
-                        )))
-                    })
-                    .collect());
+                let mut out = Vec::with_capacity(parts.len());
+                for &rows in parts {
+                    let m = store.quantize(&name, [total, d_in], row..row + rows, q)?;
+                    out.push(Self::from_host(HostWeight::Quant(m)));
+                    row += rows;
+                }
+                return Ok(out);
             }
             if let Some(m) = store.take_half(&name, total, d_in)? {
                 let mut row = 0;

@@ -80,42 +80,47 @@ impl QuantMatrix {
 
     /// Quantizes a row-major `[rows, cols]` f32 matrix (`cols` a multiple of [`QBLOCK`]).
     pub fn quantize(kind: Quantization, w: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(w.len() == rows * cols, "quantize: shape");
+        Self::quantize_rows(kind, rows, cols, |r, dst| {
+            dst.copy_from_slice(&w[r * cols..(r + 1) * cols])
+        })
+    }
+
+    /// Quantizes a `[rows, cols]` matrix produced row by row by `fill` (row `r` as f32 into a
+    /// `cols` slice), in parallel over rows: no f32 copy of the whole matrix is ever made.
+    pub fn quantize_rows(
+        kind: Quantization,
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Self {
         assert!(
-            Self::fits(cols) && w.len() == rows * cols,
-            "quantize: shape"
+            Self::fits(cols),
+            "quantize: {cols} columns are not whole blocks"
         );
-        let blocks = rows * cols / QBLOCK;
+        let bpr = cols / QBLOCK;
         let bytes_per_block = match kind {
             Quantization::Q8 => QBLOCK,
             Quantization::Q4 => QBLOCK / 2,
         };
-        let mut qs = vec![0u8; blocks * bytes_per_block];
-        let mut scales = vec![0f32; blocks];
-        qs.par_chunks_mut(bytes_per_block)
-            .zip(scales.par_iter_mut())
-            .zip(w.par_chunks(QBLOCK))
-            .for_each(|((q, scale), src)| {
-                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-                match kind {
-                    Quantization::Q8 => {
-                        let d = amax / 127.0;
-                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        for (o, v) in q.iter_mut().zip(src) {
-                            *o = (round(v * inv).clamp(-127, 127) + 128) as u8;
-                        }
-                        *scale = d;
+        let mut qs = vec![0u8; rows * bpr * bytes_per_block];
+        let mut scales = vec![0f32; rows * bpr];
+        qs.par_chunks_mut(bpr * bytes_per_block)
+            .zip(scales.par_chunks_mut(bpr))
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; cols],
+                |row, (r, (q_row, s_row))| {
+                    fill(r, row);
+                    for ((q, scale), src) in q_row
+                        .chunks_mut(bytes_per_block)
+                        .zip(s_row.iter_mut())
+                        .zip(row.chunks(QBLOCK))
+                    {
+                        *scale = quantize_block(kind, src, q);
                     }
-                    Quantization::Q4 => {
-                        let d = amax / 7.0;
-                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        let level = |v: f32| (round(v * inv).clamp(-8, 7) + 8) as u8;
-                        for j in 0..QBLOCK / 2 {
-                            q[j] = level(src[j]) | (level(src[j + QBLOCK / 2]) << 4);
-                        }
-                        *scale = d;
-                    }
-                }
-            });
+                },
+            );
         Self {
             kind,
             rows,
@@ -265,6 +270,41 @@ impl QuantMatrix {
     }
 }
 
+/// Quantizes one block of [`QBLOCK`] values into `q` (stored unsigned, see [`QuantMatrix`]);
+/// returns its scale. AVX2 where the CPU has it (the same arithmetic, so the same bytes).
+fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return x86::quantize_block(kind, src, q);
+        }
+    }
+    quantize_block_portable(kind, src, q)
+}
+
+fn quantize_block_portable(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    match kind {
+        Quantization::Q8 => {
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (o, v) in q.iter_mut().zip(src) {
+                *o = (round(v * inv).clamp(-127, 127) + 128) as u8;
+            }
+            d
+        }
+        Quantization::Q4 => {
+            let d = amax / 7.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let level = |v: f32| (round(v * inv).clamp(-8, 7) + 8) as u8;
+            for j in 0..QBLOCK / 2 {
+                q[j] = level(src[j]) | (level(src[j + QBLOCK / 2]) << 4);
+            }
+            d
+        }
+    }
+}
+
 /// Rounds half away from zero, as `f32::round`, without its libm call (inlined; the
 /// quantizers run it for every weight at load and every activation at decode).
 #[inline(always)]
@@ -336,8 +376,60 @@ fn dot_q4_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::QBLOCK;
+    use super::{Quantization, QBLOCK};
     use std::arch::x86_64::*;
+
+    /// [`super::quantize_block_portable`] with the block's arithmetic in AVX2 registers:
+    /// the same f32 products, the same round-half-away-from-zero and clamp (the same bytes for
+    /// finite inputs).
+    pub fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+        // SAFETY: only called after detecting avx2.
+        unsafe { quantize_block_impl(kind, src, q) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_block_impl(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+        assert!(src.len() >= QBLOCK);
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for x in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
+        let amax = _mm_cvtss_f32(m);
+        let (levels, lo, hi, offset) = match kind {
+            Quantization::Q8 => (127.0f32, -127, 127, 128),
+            Quantization::Q4 => (7.0, -8, 7, 8),
+        };
+        let d = amax / levels;
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let half = _mm256_set1_ps(0.5);
+        let mut ints = [0i32; QBLOCK];
+        for (i, x) in v.iter().enumerate() {
+            let x = _mm256_mul_ps(*x, inv);
+            // x + copysign(0.5, x), truncated toward zero.
+            let r =
+                _mm256_cvttps_epi32(_mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half)));
+            let r = _mm256_min_epi32(
+                _mm256_max_epi32(r, _mm256_set1_epi32(lo)),
+                _mm256_set1_epi32(hi),
+            );
+            let r = _mm256_add_epi32(r, _mm256_set1_epi32(offset));
+            _mm256_storeu_si256(ints.as_mut_ptr().add(8 * i) as *mut __m256i, r);
+        }
+        match kind {
+            Quantization::Q8 => q.iter_mut().zip(&ints).for_each(|(o, &v)| *o = v as u8),
+            Quantization::Q4 => {
+                for j in 0..QBLOCK / 2 {
+                    q[j] = ints[j] as u8 | ((ints[j + QBLOCK / 2] as u8) << 4);
+                }
+            }
+        }
+        d
+    }
 
     /// 32 signed bytes · 32 signed bytes → 8 i32 partial sums as f32.
     #[target_feature(enable = "avx2")]
@@ -526,6 +618,37 @@ mod tests {
                 }
             }
             assert!(m.byte_len() < rows * cols * 2);
+        }
+    }
+
+    #[test]
+    fn simd_quantizer_matches_the_portable_one() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !std::arch::is_x86_feature_detected!("avx2") {
+                return;
+            }
+            // Random values, exact ties at ±0.5 steps, zeros and a constant block.
+            let mut blocks: Vec<Vec<f32>> = (0..200)
+                .map(|b| {
+                    (0..QBLOCK)
+                        .map(|i| ((b * 131 + i * 71) as f32 * 0.618).sin() * (b as f32 + 0.5))
+                        .collect()
+                })
+                .collect();
+            blocks.push((0..QBLOCK).map(|i| i as f32 - 15.5).collect());
+            blocks.push((0..QBLOCK).map(|i| (i as f32 - 16.0) * 0.5).collect());
+            blocks.push(vec![0.0; QBLOCK]);
+            blocks.push(vec![-3.0; QBLOCK]);
+            for kind in [Quantization::Q8, Quantization::Q4] {
+                let bytes = QBLOCK / if kind == Quantization::Q4 { 2 } else { 1 };
+                for src in &blocks {
+                    let (mut a, mut b) = (vec![0u8; bytes], vec![0u8; bytes]);
+                    let da = quantize_block_portable(kind, src, &mut a);
+                    let db = x86::quantize_block(kind, src, &mut b);
+                    assert_eq!((da.to_bits(), &a), (db.to_bits(), &b), "{kind:?} {src:?}");
+                }
+            }
         }
     }
 
