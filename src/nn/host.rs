@@ -250,30 +250,34 @@ pub(crate) fn blocked_gemm(
     }
     let mut block = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     block.resize(GEMM_BLOCK.min(rows) * cols, 0.0);
+    let mut out_t = Vec::new();
     for r0 in (0..rows).step_by(GEMM_BLOCK) {
         let r1 = (r0 + GEMM_BLOCK).min(rows);
         let b = &mut block[..(r1 - r0) * cols];
         b.par_chunks_mut(cols)
             .enumerate()
             .for_each(|(i, dst)| fill(r0 + i, dst));
-        // y[:, r0..r1]ᵀ = b [r1 - r0, cols] · xᵀ [cols, n].
-        // SAFETY: the pointers and strides describe the buffers above: dst is y's columns
-        // r0..r1 seen transposed (element (j, i) at y[i·rows + r0 + j]), lhs is b (row stride
-        // `cols`), rhs is x transposed (element (k, i) at x[i·cols + k]); all lie within their
-        // slices.
+        // t [n, r1 - r0] (column-major: token index fastest) = x [n, cols] · bᵀ [cols, r1 - r0]:
+        // the weight block is gemm's right-hand side, packed in narrow panels straight from
+        // its rows; then t is scattered into y's columns r0..r1.
+        let nb = r1 - r0;
+        out_t.resize(n * nb, 0.0);
+        // SAFETY: the pointers and strides describe the buffers above: dst is out_t
+        // (element (i, j) at out_t[j·n + i]), lhs is x (element (i, k) at x[i·cols + k]), rhs
+        // is b transposed (element (k, j) at b[j·cols + k]); all lie within their slices.
         unsafe {
             gemm::gemm(
-                r1 - r0,
                 n,
+                nb,
                 cols,
-                y.as_mut_ptr().add(r0),
-                rows as isize,
+                out_t.as_mut_ptr(),
+                n as isize,
                 1,
                 false,
-                b.as_ptr(),
+                x.as_ptr(),
                 1,
                 cols as isize,
-                x.as_ptr(),
+                b.as_ptr(),
                 cols as isize,
                 1,
                 0.0,
@@ -283,6 +287,11 @@ pub(crate) fn blocked_gemm(
                 false,
                 gemm::Parallelism::Rayon(threads),
             );
+        }
+        for (i, row) in y.chunks_mut(rows).enumerate() {
+            for (j, v) in row[r0..r1].iter_mut().enumerate() {
+                *v = out_t[j * n + i];
+            }
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = block);
