@@ -488,8 +488,14 @@ mod tests {
 
     #[test]
     fn kernels_match_f64_reference() {
-        // Odd sizes exercise the tails; n = 1..3 the GEMV path, 4 and 9 the GEMM path.
-        let (rows, cols) = (300, 77);
+        // Odd sizes exercise the tails; n = 1..3 the GEMV path, 4 and 9 the GEMM path; the
+        // second shape spans three GEMM blocks.
+        for (rows, cols) in [(300, 77), (2 * GEMM_BLOCK + 5, 24)] {
+            check_shape(rows, cols);
+        }
+    }
+
+    fn check_shape(rows: usize, cols: usize) {
         let vals: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5)
             .collect();
