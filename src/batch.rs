@@ -84,8 +84,18 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let mut texts = vec![String::new(); rows];
         loop {
+            if decodings.first().is_some_and(Decoding::cancelled) {
+                for d in decodings.iter_mut().filter(|d| d.finish.is_none()) {
+                    d.finish = Some(FinishReason::Cancelled);
+                }
+                break;
+            }
             // Greedy rows without processors take the device's argmax: only ids come back.
             let (picked, scores) = if decodings.iter().all(Decoding::picks_argmax) {
+                if logits.has_nan()? {
+                    let position = histories.iter().map(Vec::len).max().unwrap_or(0);
+                    return Err(crate::Error::NonFiniteScores { position });
+                }
                 (Some(logits.argmax()?), Vec::new())
             } else {
                 (None, logits.into_vec()?)
@@ -98,7 +108,7 @@ impl Model {
                     Some(ids) => ids[r],
                     None => {
                         let mut row = scores[r * vocab..(r + 1) * vocab].to_vec();
-                        d.pick(&mut row, &histories[r])
+                        d.pick(&mut row, &histories[r])?
                     }
                 };
                 let used = pads[r] + histories[r].len();

@@ -165,6 +165,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The model's scores for the next token contain NaN (an overflow in the weights or in
+    /// half-precision compute): sampling from them would be silent garbage.
+    #[error("the scores for position {position} contain NaN (overflowing weights or half-precision compute; try f32 compute)")]
+    NonFiniteScores {
+        /// The position (tokens before it) whose next-token scores were NaN.
+        position: usize,
+    },
+
     /// The backend failed while computing (e.g. reading a result back from a GPU).
     #[error("backend error: {0}")]
     Backend(String),

@@ -46,7 +46,9 @@ pub use chat::{ChatTemplate, Message};
 pub use device::{BackendKind, Device, Dtype};
 pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
-pub use generation::{FinishReason, GenerationConfig, GenerationStats, Generator, Token};
+pub use generation::{
+    CancelToken, FinishReason, GenerationConfig, GenerationStats, Generator, Token,
+};
 pub use model::{LoadOptions, Model};
 pub use nn::Quantization;
 pub use session::Session;

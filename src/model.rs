@@ -407,6 +407,19 @@ impl Logits {
         to_vec(self.0)
     }
 
+    /// Whether any score is NaN (checked on the device; one flag comes back).
+    pub(crate) fn has_nan(&self) -> Result<bool> {
+        let flag = self
+            .0
+            .clone()
+            .is_nan()
+            .any()
+            .try_into_data()
+            .map_err(|e| Error::Backend(format!("reading a result back: {e:?}")))?;
+        let any = flag.iter::<bool>().any(|b| b);
+        Ok(any)
+    }
+
     /// Each row's highest-scoring id, computed on the device.
     pub(crate) fn argmax(self) -> Result<Vec<u32>> {
         let ids = self

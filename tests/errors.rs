@@ -2,12 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-use common::{fixtures, TempDir};
+use common::{fixtures, rewrite_weights, TempDir};
 use kiln::{Device, Error, GenerationConfig, Model};
 use safetensors::tensor::TensorView;
-use safetensors::Dtype;
 
 fn llama_dir() -> std::path::PathBuf {
     fixtures()
@@ -19,43 +16,6 @@ fn llama_dir() -> std::path::PathBuf {
 
 fn load(dir: &std::path::Path) -> Error {
     Model::load(dir, &Device::cpu()).unwrap_err()
-}
-
-/// Rewrites model.safetensors in `dir` through `edit` (name → (shape, f32 values)).
-fn rewrite_weights(
-    dir: &std::path::Path,
-    edit: impl FnOnce(&mut HashMap<String, (Vec<usize>, Vec<f32>)>),
-) {
-    let path = dir.join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (n, (v.shape().to_vec(), data))
-        })
-        .collect();
-    edit(&mut tensors);
-    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(n, (s, d))| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, TensorView)> = raw
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
 }
 
 #[test]

@@ -265,3 +265,213 @@ fn wgpu_without_adapter_is_an_error() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Every bad input of issue 7, tried as a new user would through `generate`: exit status 1,
+/// one line on stderr that names what is wrong, no panic (docs/reliability.md).
+#[test]
+fn every_bad_input_is_one_line_and_status_1() {
+    use std::path::Path;
+    let src = common::fixtures_dir().join("llama-f32");
+    let edit = |tag: &str, f: &dyn Fn(&Path)| {
+        let d = common::TempDir::copy_of(&src, tag);
+        f(d.path());
+        d
+    };
+    let write = |name: &'static str, text: Vec<u8>| {
+        move |p: &Path| std::fs::write(p.join(name), &text).unwrap()
+    };
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    let with_config = |from: &str, to: &str| {
+        assert!(config.contains(from), "{from}");
+        write("config.json", config.replacen(from, to, 1).into_bytes())
+    };
+    // An int32 tensor where kiln needs floats.
+    let int_tensor = |p: &Path| {
+        let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let dtype = if n == "model.norm.weight" {
+                    safetensors::Dtype::I32
+                } else {
+                    v.dtype()
+                };
+                let view =
+                    safetensors::tensor::TensorView::new(dtype, v.shape().to_vec(), v.data())
+                        .unwrap();
+                (n, view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, &p.join("model.safetensors")).unwrap();
+    };
+    let mut absurd = (u64::MAX / 2).to_le_bytes().to_vec();
+    absurd.extend_from_slice(b"{}");
+    let long_prompt = "hello ".repeat(600);
+    let hidden = config
+        .lines()
+        .find(|l| l.contains("\"intermediate_size\""))
+        .unwrap()
+        .trim()
+        .trim_end_matches(',')
+        .to_string();
+    type Case<'a> = (&'a str, Option<common::TempDir>, Vec<&'a str>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "missing folder",
+            None,
+            vec!["--model", "/no/such/model"],
+            vec!["/no/such/model"],
+        ),
+        (
+            "missing config",
+            Some(edit("no-config", &|p| {
+                std::fs::remove_file(p.join("config.json")).unwrap()
+            })),
+            vec![],
+            vec!["config.json"],
+        ),
+        (
+            "invalid JSON",
+            Some(edit(
+                "bad-json",
+                &write("config.json", b"{\"model_type\": ".to_vec()),
+            )),
+            vec![],
+            vec!["config.json"],
+        ),
+        (
+            "wrong-typed field",
+            Some(edit(
+                "typed",
+                &with_config(
+                    "\"num_hidden_layers\"",
+                    "\"num_hidden_layers\": \"two\", \"x\"",
+                ),
+            )),
+            vec![],
+            vec!["config.json"],
+        ),
+        (
+            "unknown model_type",
+            Some(edit(
+                "mamba",
+                &with_config("\"model_type\": \"llama\"", "\"model_type\": \"mamba\""),
+            )),
+            vec![],
+            vec!["mamba", "llama, mistral"],
+        ),
+        (
+            "dimensions that disagree with the tensors",
+            Some(edit(
+                "dims",
+                &with_config(&hidden, "\"intermediate_size\": 1000"),
+            )),
+            vec![],
+            vec!["mlp", "1000"],
+        ),
+        (
+            "truncated weights",
+            Some(edit(
+                "trunc",
+                &write("model.safetensors", weights[..weights.len() / 3].to_vec()),
+            )),
+            vec![],
+            vec!["model.safetensors"],
+        ),
+        (
+            "absurd header length",
+            Some(edit("absurd", &write("model.safetensors", absurd.clone()))),
+            vec![],
+            vec!["model.safetensors"],
+        ),
+        (
+            "garbage weights",
+            Some(edit(
+                "garbage",
+                &write("model.safetensors", vec![0xAB; 4096]),
+            )),
+            vec![],
+            vec!["model.safetensors"],
+        ),
+        (
+            "unsupported dtype",
+            Some(edit("i32", &int_tensor)),
+            vec![],
+            vec!["model.norm.weight", "I32"],
+        ),
+        (
+            "malformed tokenizer",
+            Some(edit(
+                "tok",
+                &write("tokenizer.json", b"{\"version\": 1".to_vec()),
+            )),
+            vec![],
+            vec!["tokenizer.json"],
+        ),
+        (
+            "invalid chat template",
+            Some(edit(
+                "tpl",
+                &write("chat_template.jinja", b"{% for %}".to_vec()),
+            )),
+            vec!["--chat"],
+            vec!["template"],
+        ),
+        (
+            // (A tokenizer that adds BOS turns "" into one token: generation from BOS, as
+            // transformers does; GPT-2's adds nothing.)
+            "empty prompt",
+            Some(common::TempDir::copy_of(
+                &common::fixtures_dir().join("gpt2-f32"),
+                "gpt2-empty",
+            )),
+            vec!["--prompt", ""],
+            vec!["prompt"],
+        ),
+        (
+            "prompt past the context",
+            None,
+            vec!["--prompt", &long_prompt],
+            vec!["context"],
+        ),
+        (
+            "negative temperature",
+            None,
+            vec!["--temperature", "-1"],
+            vec!["temperature"],
+        ),
+        ("top_p of 0", None, vec!["--top-p", "0"], vec!["top_p"]),
+        ("unknown device", None, vec!["--device", "tpu"], vec!["tpu"]),
+        ("unknown dtype", None, vec!["--dtype", "f8"], vec!["f8"]),
+        (
+            "unknown quantization",
+            None,
+            vec!["--quantize", "q3"],
+            vec!["q3"],
+        ),
+    ];
+    for (what, dir, args, needles) in &cases {
+        let mut cmd = example("generate");
+        if !args.contains(&"--model") {
+            let model = dir.as_ref().map_or(src.as_path(), |d| d.path());
+            cmd.arg("--model").arg(model);
+        }
+        if !args.contains(&"--prompt") {
+            cmd.args(["--prompt", "Hello there"]);
+        }
+        let out = cmd
+            .args(args)
+            .args(["--max-new-tokens", "2"])
+            .output()
+            .unwrap();
+        let err = stderr_line(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{what}: {err:?} lacks {n:?}");
+        }
+    }
+}

@@ -28,32 +28,33 @@ pub struct CommonArgs {
 }
 
 /// Sampling flags of `generate` and `chat`. Unset flags keep the model's
-/// generation_config.json defaults (greedy when it has none).
+/// generation_config.json defaults (greedy when it has none). Numbers may be negative on the
+/// command line (`--temperature -1`), so that the library's check names the bad value.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Most tokens to generate (default 128, or the model's max_new_tokens).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Sampling temperature (0 = greedy).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Top-k filtering (0 = off).
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Nucleus (top-p) filtering.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Min-p filtering.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub min_p: Option<f32>,
     /// Repetition penalty (transformers' semantics; 1 = off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
     /// Presence penalty (OpenAI's semantics, over the generated tokens).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub presence_penalty: Option<f32>,
     /// Frequency penalty (OpenAI's semantics, over the generated tokens).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub frequency_penalty: Option<f32>,
     /// Logit bias as ID=BIAS (repeatable), e.g. --logit-bias 13=-100.
     #[arg(long, value_name = "ID=BIAS")]

@@ -1,6 +1,7 @@
 //! What to generate and how to pick tokens.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -45,6 +46,32 @@ pub struct GenerationConfig {
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Ends the generation, from any thread, before its next token.
+    pub cancel: Option<CancelToken>,
+}
+
+/// Stops a running generation from another thread (or from the loop consuming it): once
+/// [`CancelToken::cancel`] is called, the [`Generator`](crate::Generator) yields no further
+/// token and reports [`FinishReason::Cancelled`](crate::FinishReason::Cancelled); the
+/// session keeps every token generated so far and stays usable. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks every generation holding this token (or a clone) to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for GenerationConfig {
@@ -64,6 +91,7 @@ impl std::fmt::Debug for GenerationConfig {
             .field("stop", &self.stop)
             .field("stop_token_ids", &self.stop_token_ids)
             .field("ignore_eos", &self.ignore_eos)
+            .field("cancel", &self.cancel)
             .finish()
     }
 }
@@ -85,6 +113,7 @@ impl Default for GenerationConfig {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            cancel: None,
         }
     }
 }
@@ -177,6 +206,12 @@ impl GenerationConfig {
     /// Sets whether to ignore EOS.
     pub fn ignore_eos(mut self, yes: bool) -> Self {
         self.ignore_eos = yes;
+        self
+    }
+
+    /// Lets `token` end the generation (see [`CancelToken`]).
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
         self
     }
 

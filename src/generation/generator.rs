@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generation::{GenerationConfig, ProcessorChain, Sampler, StopMatcher};
 use crate::model::{Logits, Model};
 use crate::session::Session;
@@ -27,15 +27,18 @@ pub enum FinishReason {
     Eos,
     /// A stop string appeared.
     Stop,
+    /// The [`CancelToken`](crate::CancelToken) of the generation's config was cancelled.
+    Cancelled,
 }
 
 impl FinishReason {
-    /// `length`, `eos` or `stop`.
+    /// `length`, `eos`, `stop` or `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Length => "length",
             FinishReason::Eos => "eos",
             FinishReason::Stop => "stop",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -124,19 +127,34 @@ impl Decoding {
     }
 
     /// Picks the next id from a row of scores for the sequence `history`: processors, then
-    /// the sampler.
-    pub(crate) fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+    /// the sampler. NaN scores (from the model or a processor) are an error.
+    pub(crate) fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> Result<u32> {
         self.chain.process(logits, history);
-        self.sampler.sample(logits)
+        if logits.iter().any(|v| v.is_nan()) {
+            return Err(Error::NonFiniteScores {
+                position: history.len(),
+            });
+        }
+        Ok(self.sampler.sample(logits))
     }
 
     /// Picks the next id from one row of `logits` (see [`Decoding::pick`]).
     pub(crate) fn pick_from(&mut self, logits: Logits, history: &[u32]) -> Result<u32> {
         if self.picks_argmax() {
+            if logits.has_nan()? {
+                return Err(Error::NonFiniteScores {
+                    position: history.len(),
+                });
+            }
             return Ok(logits.argmax()?[0]);
         }
         let mut row = logits.into_vec()?;
-        Ok(self.pick(&mut row, history))
+        self.pick(&mut row, history)
+    }
+
+    /// Whether the config's cancel token was cancelled.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cfg.cancel.as_ref().is_some_and(|c| c.is_cancelled())
     }
 
     /// Takes `id` as the next token: decides whether it ends the generation, and returns it
@@ -259,6 +277,10 @@ impl Iterator for Generator<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.decoding.finish.is_some() {
+            return None;
+        }
+        if self.decoding.cancelled() {
+            self.decoding.finish = Some(FinishReason::Cancelled);
             return None;
         }
         let out = self.step();

@@ -6,7 +6,7 @@ pub mod processors;
 mod sampler;
 mod stop;
 
-pub use config::GenerationConfig;
+pub use config::{CancelToken, GenerationConfig};
 pub(crate) use generator::Decoding;
 pub use generator::{FinishReason, GenerationStats, Generator, Token};
 pub use processors::{LogitsProcessor, ProcessorChain};

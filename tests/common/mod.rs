@@ -150,3 +150,41 @@ pub fn gen_ids(session: &mut kiln::Session, ids: &[u32], cfg: &kiln::GenerationC
         .map(|t| t.unwrap().id)
         .collect()
 }
+
+/// Rewrites model.safetensors in `dir` through `edit` (name → (shape, f32 values)).
+pub fn rewrite_weights(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>),
+) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (n, (v.shape().to_vec(), data))
+        })
+        .collect();
+    edit(&mut tensors);
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, (s, d))| (n, s, d.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = raw
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
