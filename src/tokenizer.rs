@@ -30,10 +30,18 @@ impl Tokenizer {
                 what: "the model's tokenizer (tokenizer.json)".into(),
             });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bad = |message: String| Error::Tokenizer {
             context: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // The tokenizers library panics on some malformed JSON (found by tests/mutations.rs):
+        // check the syntax first, and turn any panic left into an error.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| bad("the tokenizers library could not read this file".into()))?;
+        let mut inner = parsed.map_err(|e| bad(e.to_string()))?;
         // transformers ignores the truncation and padding saved in tokenizer.json unless a call
         // asks for them (GPT-2's file truncates at 50 tokens); so does kiln.
         inner
