@@ -168,3 +168,33 @@ fn nan_scores_are_an_error() {
     ));
     assert!(g.next().is_none(), "an error ends the stream");
 }
+
+/// A batch checks the cancel token before each step: a token cancelled by a processor (as a
+/// caller's thread would, mid-generation) ends every unfinished row with `Cancelled`, keeping
+/// the tokens already taken.
+#[test]
+fn cancel_token_ends_a_batch() {
+    let (dir, exp) = fixture("llama-bf16");
+    let model = Model::load(&dir, &Device::cpu()).unwrap();
+    let token = CancelToken::new();
+    let t = token.clone();
+    // Runs once per row and step, before the pick: cancels during the third step.
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let cancel_on_third_step = move |_: &mut [f32], _: &[u32]| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 4 {
+            t.cancel();
+        }
+    };
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(10)
+        .ignore_eos(true)
+        .processor(cancel_on_third_step)
+        .cancel_token(token);
+    let prompts = [exp.prompt_ids.clone(), exp.prompt_ids[..5].to_vec()];
+    let out = model.generate_batch_ids(&prompts, &cfg).unwrap();
+    for row in &out {
+        assert_eq!(row.finish_reason, FinishReason::Cancelled);
+        assert_eq!(row.tokens.len(), 3);
+    }
+    assert_eq!(out[0].tokens, exp.greedy_ids[..3]);
+}

@@ -411,4 +411,27 @@ mod tests {
             assert_eq!(row, &key(first + i), "slot {i}");
         }
     }
+
+    /// Far past a sliding window, both forms hold at most window + two blocks of positions,
+    /// however long the sequence grows (the memory of a long chat stays bounded).
+    #[test]
+    fn rolling_caches_stay_bounded() {
+        let d = Device::cpu();
+        let w = 8;
+        let (mut tensors, mut host) = (LayerCache::default(), LayerCache::default());
+        for p in 0..6 * BLOCK {
+            let t = keys_tensor(p, p + 1, &d);
+            let kv = tensors.append(t.clone(), t, 1 << 20, Some(w));
+            let capacity = tensors.k.as_ref().unwrap().dims()[2];
+            assert!(
+                capacity <= w + 2 * BLOCK,
+                "tensor buffer of {capacity} at {p}"
+            );
+            assert!(kv.first + w <= p + 1 || kv.first == 0);
+            let view = host.append_host(&key(p), &key(p), 2, Some(w));
+            let held = view.k.len() / 6;
+            assert!(held <= w + BLOCK, "host form holds {held} at {p}");
+        }
+        assert_eq!((tensors.len(), host.len()), (6 * BLOCK, 6 * BLOCK));
+    }
 }
