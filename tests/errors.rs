@@ -364,3 +364,24 @@ fn dtype_names_and_support() {
         assert!(err.contains("no bf16"), "{err}");
     }
 }
+
+/// Found by `cargo fuzz run config` (fuzz/): a config declaring 888 888 888 layers (here also
+/// in the array form serde accepts for a struct) made kiln allocate per-layer settings before
+/// reading any tensor, and run out of memory. Now a typed error naming the field.
+#[test]
+fn absurd_layer_count_is_an_error_not_an_allocation() {
+    let path = std::path::Path::new("config.json");
+    let array: serde_json::Value = serde_json::from_str("[8,88,8,888888888,80]").unwrap();
+    let err = kiln::models::llama::LlamaConfig::from_json(path, array, "llama").unwrap_err();
+    assert!(err.to_string().contains("num_hidden_layers"), "{err}");
+    let t = TempDir::copy_of(&llama_dir(), "layers");
+    let cfg = std::fs::read_to_string(t.path().join("config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["num_hidden_layers"] = 888_888_888.into();
+    std::fs::write(t.path().join("config.json"), v.to_string()).unwrap();
+    let err = load(t.path());
+    assert!(
+        matches!(err, Error::Config { .. }) && err.to_string().contains("888888888"),
+        "{err}"
+    );
+}

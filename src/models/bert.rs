@@ -85,6 +85,7 @@ impl BertConfig {
         ] {
             cfg::positive(name, v).map_err(bad)?;
         }
+        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
         if let Some(p) = raw
             .position_embedding_type
             .as_deref()

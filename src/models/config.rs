@@ -16,6 +16,22 @@ pub fn positive(name: &str, v: usize) -> Result<usize, Msg> {
     }
 }
 
+/// The most layers a config may declare. Per-layer settings are allocated from this count
+/// before any tensor is read, so an absurd value (found by fuzzing: 888 888 888) must be an
+/// error, not an allocation; the deepest published models have about 130.
+pub const MAX_LAYERS: usize = 4096;
+
+/// Checks a layer count: positive and at most [`MAX_LAYERS`].
+pub fn layer_count(name: &str, v: usize) -> Result<usize, Msg> {
+    positive(name, v)?;
+    if v > MAX_LAYERS {
+        return Err(format!(
+            "`{name}` is {v}; kiln reads at most {MAX_LAYERS} layers"
+        ));
+    }
+    Ok(v)
+}
+
 /// Resolves `(heads, kv_heads, head_dim)`: kv heads default to heads and must divide them;
 /// head_dim defaults to hidden / heads and must be even (for RoPE) when `rotary`.
 pub fn head_shape(

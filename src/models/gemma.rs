@@ -159,6 +159,7 @@ impl GemmaConfig {
         ] {
             cfg::positive(name, v).map_err(bad)?;
         }
+        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
         let n = raw.num_hidden_layers;
         let (heads, kv_heads, head_dim) = cfg::head_shape(
             raw.hidden_size,

@@ -99,6 +99,7 @@ impl Gpt2Config {
         ] {
             cfg::positive(name, v).map_err(bad)?;
         }
+        cfg::layer_count("n_layer", raw.n_layer).map_err(bad)?;
         let (n_head, _, head_dim) =
             cfg::head_shape(raw.n_embd, raw.n_head, None, None, false).map_err(bad)?;
         let act = Activation::from_hf(raw.activation_function.as_deref().unwrap_or("gelu_new"))

@@ -154,6 +154,7 @@ impl LlamaConfig {
         ] {
             cfg::positive(name, v).map_err(bad)?;
         }
+        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
         let (heads, kv_heads, head_dim) = cfg::head_shape(
             raw.hidden_size,
             raw.num_attention_heads,
