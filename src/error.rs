@@ -51,6 +51,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A LoRA adapter folder is invalid, unsupported, or does not fit the model.
+    #[error("invalid adapter {path}: {message}")]
+    Adapter {
+        /// The adapter file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
     /// The architecture named in config.json is not one kiln implements.
     #[error("unsupported architecture {name:?} in {path} (supported: {supported})")]
     UnsupportedArchitecture {

@@ -47,9 +47,11 @@ pub use device::{BackendKind, Device, Dtype};
 pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
 pub use generation::{
-    CancelToken, FinishReason, GenerationConfig, GenerationStats, Generator, Token,
+    CancelToken, FinishReason, GenerationConfig, GenerationStats, Generator, Score, ScoredToken,
+    Token, TokenLogprobs, TopLogprob,
 };
-pub use model::{LoadOptions, Model};
+pub use loading::LoraAdapter;
+pub use model::{LoadOptions, Model, Trace, TraceOptions};
 pub use nn::Quantization;
 pub use session::Session;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

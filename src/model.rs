@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::generation::GenerationConfig;
-use crate::loading::{GenerationDefaults, WeightStore};
-use crate::models::{self, CausalLm, Input, LogitsFor};
+use crate::generation::{token_text, GenerationConfig, RowLogprobs, ScoredToken};
+use crate::loading::{GenerationDefaults, LoraAdapter, WeightStore};
+use crate::models::{self, CausalLm, Input, LogitsFor, Taps};
 use crate::nn::{KvCache, Quantization};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -43,10 +43,12 @@ struct Inner {
 }
 
 /// How [`Model::load_with`] loads weights.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Quantize the projections (and the output head) at load: CPU devices computing in f32.
     pub quantize: Option<Quantization>,
+    /// A PEFT LoRA adapter merged into the weights it targets (see [`LoraAdapter`]).
+    pub adapter: Option<Arc<LoraAdapter>>,
 }
 
 impl LoadOptions {
@@ -55,6 +57,18 @@ impl LoadOptions {
     pub fn quantize(mut self, q: Quantization) -> Self {
         self.quantize = Some(q);
         self
+    }
+
+    /// Merges a LoRA adapter (read with [`LoraAdapter::load`]) into the base weights as they
+    /// load. The adapter is read once and can be shared by several loads.
+    pub fn adapter(mut self, adapter: LoraAdapter) -> Self {
+        self.adapter = Some(Arc::new(adapter));
+        self
+    }
+
+    /// Reads the PEFT folder `dir` ([`LoraAdapter::load`]) and merges it at load.
+    pub fn adapter_dir(self, dir: impl AsRef<Path>) -> Result<Self> {
+        Ok(self.adapter(LoraAdapter::load(dir)?))
     }
 }
 
@@ -100,6 +114,7 @@ impl Model {
         }
         let mut store = WeightStore::open(dir)?;
         store.set_quantization(options.quantize);
+        store.set_adapter(options.adapter.clone());
         let lm = models::load(dir, &mut store, device)?;
         store.finish()?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -358,6 +373,70 @@ impl Model {
         Ok(rows)
     }
 
+    /// Runs `text` (encoded as [`Model::encode`] does) through the model in one pass and
+    /// records what `options` asks for; see [`Trace`].
+    pub fn trace(&self, text: &str, options: TraceOptions) -> Result<Trace> {
+        let ids = self.encode(text)?;
+        self.trace_ids(&ids, options)
+    }
+
+    /// [`Model::trace`] for token ids (a fresh sequence).
+    pub fn trace_ids(&self, ids: &[u32], options: TraceOptions) -> Result<Trace> {
+        if ids.is_empty() {
+            return Err(Error::invalid_arg("ids", "no tokens to trace"));
+        }
+        self.check_ids(ids, 0)?;
+        let mut cache = self.lm().new_cache();
+        let mut taps = Taps {
+            hidden_states: options.hidden_states,
+            attentions: options.attentions,
+            ..Default::default()
+        };
+        let logits = self.lm().forward_tapped(
+            Input::single(ids),
+            &mut cache,
+            LogitsFor::Last,
+            Some(&mut taps),
+        )?;
+        let seq = ids.len();
+        let mut hidden_size = 0;
+        let hidden_states = taps
+            .hidden
+            .into_iter()
+            .map(|t| {
+                hidden_size = t.dims()[2];
+                to_vec(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut heads = 0;
+        let attentions = taps
+            .attn
+            .into_iter()
+            .map(|t| {
+                let [_, h, _, keys] = t.dims();
+                heads = h;
+                let v = to_vec(t)?;
+                if keys == seq {
+                    return Ok(v);
+                }
+                // Keys dropped before the pass (outside every window) carry no weight.
+                let mut full = vec![0f32; h * seq * seq];
+                for (row, src) in full.chunks_mut(seq).zip(v.chunks(keys)) {
+                    row[seq - keys..].copy_from_slice(src);
+                }
+                Ok(full)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Trace {
+            ids: ids.to_vec(),
+            hidden_size,
+            heads,
+            hidden_states,
+            attentions,
+            last_logits: to_vec(logits)?,
+        })
+    }
+
     /// Negative log-likelihood (natural log, f32) of each token given those before it:
     /// entry `i` is `−log p(ids[i+1] | ids[..=i])`, so there are `ids.len() − 1` entries.
     pub fn token_nll(&self, ids: &[u32]) -> Result<Vec<f32>> {
@@ -392,6 +471,127 @@ impl Model {
                 out.extend(picked.into_iter().map(|x| -x));
             }
             start += chunk.len();
+        }
+        Ok(out)
+    }
+}
+
+/// What [`Model::trace`] records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceOptions {
+    /// Every layer's input and the final normed output (transformers' `output_hidden_states`).
+    pub hidden_states: bool,
+    /// Every layer's attention weights (transformers' `output_attentions`).
+    pub attentions: bool,
+}
+
+impl TraceOptions {
+    /// Hidden states and attention weights.
+    pub fn all() -> Self {
+        Self {
+            hidden_states: true,
+            attentions: true,
+        }
+    }
+}
+
+/// Inside one forward pass over a token sequence: what [`Model::trace`] records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// The tokens run.
+    pub ids: Vec<u32>,
+    /// Width of each hidden state.
+    pub hidden_size: usize,
+    /// Attention heads per layer.
+    pub heads: usize,
+    /// `layers + 1` hidden states, each `[seq, hidden_size]` row-major, as transformers'
+    /// `hidden_states`: the input of every layer (the first is the embedding output, scaled
+    /// where the architecture scales it), then the last layer's output after the final norm.
+    /// Empty unless asked for.
+    pub hidden_states: Vec<Vec<f32>>,
+    /// `layers` attention maps, each `[heads, seq, seq]` row-major (query, then key):
+    /// softmax weights after the causal mask, sliding window and soft-capping, as transformers'
+    /// `attentions` with eager attention. Empty unless asked for.
+    pub attentions: Vec<Vec<f32>>,
+    /// The logits at the last position (`vocab_size`).
+    pub last_logits: Vec<f32>,
+}
+
+impl Trace {
+    /// Sequence length.
+    pub fn seq(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Hidden state `index` (0 = embeddings) at position `pos`: `hidden_size` values.
+    pub fn hidden(&self, index: usize, pos: usize) -> Option<&[f32]> {
+        let h = self.hidden_size;
+        self.hidden_states
+            .get(index)
+            .and_then(|s| s.get(pos * h..(pos + 1) * h))
+    }
+
+    /// Layer `layer`'s attention weights of head `head` for query position `query`: one weight
+    /// per key position `0..seq`.
+    pub fn attention(&self, layer: usize, head: usize, query: usize) -> Option<&[f32]> {
+        let n = self.seq();
+        let at = (head * n + query) * n;
+        (head < self.heads && query < n)
+            .then_some(())
+            .and_then(|_| self.attentions.get(layer))
+            .and_then(|a| a.get(at..at + n))
+    }
+}
+
+/// Rows of scores read back to the host at a time when scoring text.
+const SCORE_ROWS: usize = 64;
+
+impl Model {
+    /// Runs `ids` after what `cache` holds and scores each token: `first_row` holds the scores
+    /// for `ids[0]` (the last history position's), or `None` when there is no history (then
+    /// `ids[0]` is not scored). Leaves `ids` in the cache.
+    pub(crate) fn score_after(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        first_row: Option<Vec<f32>>,
+        top: usize,
+    ) -> Result<Vec<ScoredToken>> {
+        let tokenizer = self.tokenizer().ok();
+        let score = |row: &[f32], id: u32| {
+            let lp = RowLogprobs::new(row);
+            ScoredToken {
+                id,
+                text: token_text(tokenizer, id),
+                logprob: lp.of(row[id as usize]),
+                top: lp.top(row, top, tokenizer),
+            }
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        if let Some(row) = first_row {
+            out.push(score(&row, ids[0]));
+        }
+        let vocab = self.vocab_size();
+        let mut pos = 0;
+        // Passes as long as the other paths' (positions-dependent RoPE variants such as
+        // LongRoPE see the same lengths); scores come back a block of rows at a time.
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let logits = self
+                .lm()
+                .forward(Input::single(chunk), cache, LogitsFor::All)?;
+            let n = chunk.len();
+            let mut from = 0;
+            while from < n {
+                let to = (from + SCORE_ROWS).min(n);
+                let rows = to_vec(logits.clone().slice([from..to, 0..vocab]))?;
+                for (i, row) in rows.chunks(vocab).enumerate() {
+                    if let Some(&next) = ids.get(pos + from + i + 1) {
+                        out.push(score(row, next));
+                    }
+                }
+                from = to;
+            }
+            pos += n;
         }
         Ok(out)
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::generation::{GenerationConfig, Generator};
+use crate::generation::{GenerationConfig, Generator, Score};
 use crate::model::{Logits, Model};
 use crate::nn::KvCache;
 
@@ -176,6 +176,43 @@ impl Session {
         self.model.feed(&pending, &mut self.cache).inspect_err(|_| {
             self.cache.truncate(start);
         })
+    }
+
+    /// Scores `text` as a continuation of the session: each of its tokens' log-probability
+    /// given the conversation so far and the text before it (see [`Score`]). The session is
+    /// left as it was. Text is encoded as [`Session::generate`] encodes a prompt (special
+    /// tokens such as BOS only at the start of an empty session, whose first token is then
+    /// not scored).
+    pub fn score(&mut self, text: &str) -> Result<Score> {
+        self.score_with_alternatives(text, 0)
+    }
+
+    /// [`Session::score`] with the `top` most likely tokens at each position.
+    pub fn score_with_alternatives(&mut self, text: &str, top: usize) -> Result<Score> {
+        let add_special = self.tokens.is_empty();
+        let ids = self.model.tokenizer()?.encode(text, add_special)?;
+        self.score_ids(&ids, top)
+    }
+
+    /// [`Session::score_with_alternatives`] for token ids.
+    pub fn score_ids(&mut self, ids: &[u32], top: usize) -> Result<Score> {
+        let before = self.tokens.len();
+        if ids.is_empty() || (before == 0 && ids.len() < 2) {
+            return Err(Error::invalid_arg(
+                "text",
+                "nothing to score: an empty session needs at least two tokens (the first has nothing before it)",
+            ));
+        }
+        self.model.check_ids(ids, before)?;
+        let first_row = if before > 0 {
+            Some(self.run_pending()?.into_vec()?)
+        } else {
+            None
+        };
+        let start = self.cache.len();
+        let scored = self.model.score_after(ids, &mut self.cache, first_row, top);
+        self.cache.truncate(start);
+        Ok(Score { tokens: scored? })
     }
 
     pub(crate) fn push_token(&mut self, id: u32) {

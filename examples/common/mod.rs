@@ -22,6 +22,10 @@ pub struct CommonArgs {
     /// Quantize weights at load: q8 or q4 (CPU devices).
     #[arg(long)]
     pub quantize: Option<String>,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged
+    /// into the model at load.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Print one JSON object on stdout and nothing else.
     #[arg(long)]
     pub json: bool,
@@ -178,6 +182,9 @@ impl CommonArgs {
                     message: format!("unknown quantization {q:?}; expected q8 or q4"),
                 }
             })?);
+        }
+        if let Some(dir) = &self.adapter {
+            o = o.adapter_dir(dir)?;
         }
         Ok(o)
     }

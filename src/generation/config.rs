@@ -48,6 +48,11 @@ pub struct GenerationConfig {
     pub ignore_eos: bool,
     /// Ends the generation, from any thread, before its next token.
     pub cancel: Option<CancelToken>,
+    /// Report each generated token's log-probability and this many most likely alternatives
+    /// ([`Token::logprobs`](crate::Token::logprobs); `Some(0)`: the token's own only), from
+    /// the model's distribution before any processor. Reads each step's scores back to the
+    /// host.
+    pub logprobs: Option<usize>,
 }
 
 /// Stops a running generation from another thread (or from the loop consuming it): once
@@ -92,6 +97,7 @@ impl std::fmt::Debug for GenerationConfig {
             .field("stop_token_ids", &self.stop_token_ids)
             .field("ignore_eos", &self.ignore_eos)
             .field("cancel", &self.cancel)
+            .field("logprobs", &self.logprobs)
             .finish()
     }
 }
@@ -114,6 +120,7 @@ impl Default for GenerationConfig {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             cancel: None,
+            logprobs: None,
         }
     }
 }
@@ -212,6 +219,13 @@ impl GenerationConfig {
     /// Lets `token` end the generation (see [`CancelToken`]).
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = Some(token);
+        self
+    }
+
+    /// Reports log-probabilities with `top` alternatives per token (see
+    /// [`GenerationConfig::logprobs`](GenerationConfig#structfield.logprobs)).
+    pub fn logprobs(mut self, top: usize) -> Self {
+        self.logprobs = Some(top);
         self
     }
 

@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::generation::{GenerationConfig, ProcessorChain, Sampler, StopMatcher};
+use crate::generation::{
+    GenerationConfig, ProcessorChain, RowLogprobs, Sampler, StopMatcher, TokenLogprobs,
+};
 use crate::model::{Logits, Model};
 use crate::session::Session;
 use crate::tokenizer::IncrementalDecoder;
@@ -16,6 +18,9 @@ pub struct Token {
     /// The text it completes: whole UTF-8 only, possibly empty (part of a character, a special
     /// token, or text held back while it might start a stop string).
     pub text: String,
+    /// Its log-probability and the most likely alternatives, when
+    /// [`GenerationConfig::logprobs`](crate::GenerationConfig#structfield.logprobs) asks.
+    pub logprobs: Option<TokenLogprobs>,
 }
 
 /// Why generation ended.
@@ -90,6 +95,10 @@ pub(crate) struct Decoding {
     decoder: Option<IncrementalDecoder>,
     pub(crate) finish: Option<FinishReason>,
     pub(crate) generated: usize,
+    /// The last picked token's log-probabilities, until [`Decoding::accept`] takes them.
+    pending_logprobs: Option<TokenLogprobs>,
+    /// The tokenizer, for the alternatives' text.
+    tokenizer: Option<crate::tokenizer::Tokenizer>,
 }
 
 impl Decoding {
@@ -117,25 +126,33 @@ impl Decoding {
             decoder,
             finish: (cfg.max_new_tokens == 0).then_some(FinishReason::Length),
             generated: 0,
+            pending_logprobs: None,
+            tokenizer: cfg.logprobs.and_then(|_| model.tokenizer().ok().cloned()),
         })
     }
 
     /// Whether the next id is the plain argmax of the scores (greedy, no processors), which the
     /// device can compute so that only the id is read back.
     pub(crate) fn picks_argmax(&self) -> bool {
-        self.sampler.is_greedy() && self.chain.is_empty()
+        self.sampler.is_greedy() && self.chain.is_empty() && self.cfg.logprobs.is_none()
     }
 
     /// Picks the next id from a row of scores for the sequence `history`: processors, then
     /// the sampler. NaN scores (from the model or a processor) are an error.
     pub(crate) fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> Result<u32> {
+        let raw = self.cfg.logprobs.map(|_| logits.to_vec());
         self.chain.process(logits, history);
         if logits.iter().any(|v| v.is_nan()) {
             return Err(Error::NonFiniteScores {
                 position: history.len(),
             });
         }
-        Ok(self.sampler.sample(logits))
+        let id = self.sampler.sample(logits);
+        if let (Some(raw), Some(n)) = (raw, self.cfg.logprobs) {
+            let lp = RowLogprobs::new(&raw);
+            self.pending_logprobs = Some(lp.entry(&raw, id, n, self.tokenizer.as_ref()));
+        }
+        Ok(id)
     }
 
     /// Picks the next id from one row of `logits` (see [`Decoding::pick`]).
@@ -197,7 +214,11 @@ impl Decoding {
                 text.push_str(&self.stop.flush());
             }
         }
-        Ok(Token { id, text })
+        Ok(Token {
+            id,
+            text,
+            logprobs: self.pending_logprobs.take(),
+        })
     }
 }
 

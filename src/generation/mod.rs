@@ -2,6 +2,7 @@
 
 mod config;
 mod generator;
+mod logprobs;
 pub mod processors;
 mod sampler;
 mod stop;
@@ -9,6 +10,8 @@ mod stop;
 pub use config::{CancelToken, GenerationConfig};
 pub(crate) use generator::Decoding;
 pub use generator::{FinishReason, GenerationStats, Generator, Token};
+pub(crate) use logprobs::{token_text, RowLogprobs};
+pub use logprobs::{Score, ScoredToken, TokenLogprobs, TopLogprob};
 pub use processors::{LogitsProcessor, ProcessorChain};
 pub use sampler::Sampler;
 pub use stop::StopMatcher;

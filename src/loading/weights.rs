@@ -17,6 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::loading::LoraAdapter;
 use crate::nn::{HalfKind, HalfMatrix, QuantMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
@@ -38,6 +39,9 @@ pub struct WeightStore {
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
     quantize: Option<Quantization>,
+    adapter: Option<Arc<LoraAdapter>>,
+    /// Adapted weights read so far.
+    adapted: HashSet<String>,
 }
 
 impl WeightStore {
@@ -85,11 +89,46 @@ impl WeightStore {
             entries: HashMap::new(),
             taken: HashSet::new(),
             quantize: None,
+            adapter: None,
+            adapted: HashSet::new(),
         };
         for path in paths {
             store.add_file(path)?;
         }
         Ok(store)
+    }
+
+    /// Opens one safetensors file (an adapter's weights).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut store = WeightStore {
+            root: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            files: Vec::new(),
+            entries: HashMap::new(),
+            taken: HashSet::new(),
+            quantize: None,
+            adapter: None,
+            adapted: HashSet::new(),
+        };
+        store.add_file(path.to_path_buf())?;
+        Ok(store)
+    }
+
+    /// The names of every tensor in the files, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.entries.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Merges a LoRA adapter into the weights it targets as they are read (see
+    /// [`LoraAdapter`]); [`WeightStore::finish`] then fails if an update matched no weight.
+    pub fn set_adapter(&mut self, adapter: Option<Arc<LoraAdapter>>) {
+        self.adapter = adapter;
+    }
+
+    /// The adapter whose update applies to `name`, if any.
+    fn adapter_for(&self, name: &str) -> Option<&Arc<LoraAdapter>> {
+        self.adapter.as_ref().filter(|a| a.adapts(name))
     }
 
     fn add_file(&mut self, path: PathBuf) -> Result<()> {
@@ -161,6 +200,10 @@ impl WeightStore {
         rows: usize,
         cols: usize,
     ) -> Result<Option<HalfMatrix>> {
+        if self.adapter_for(name).is_some() {
+            // An adapted weight is merged in f32 (read it with `read_f32`).
+            return Ok(None);
+        }
         let kind = match self.entries.get(name).map(|e| e.dtype) {
             Some(Dtype::F16) => HalfKind::F16,
             Some(Dtype::BF16) => HalfKind::Bf16,
@@ -198,9 +241,14 @@ impl WeightStore {
         let entry = &self.entries[name];
         let n: usize = expected.iter().product();
         let map = &self.files[file].1;
-        let out = convert_to_f32(&map[start..entry.end], entry.dtype, n);
+        let mut out = convert_to_f32(&map[start..entry.end], entry.dtype, n);
         release(map, start, entry.end);
         self.taken.insert(name.to_string());
+        if let Some(adapter) = self.adapter_for(name) {
+            adapter.check_shape(name, expected)?;
+            adapter.add_to(name, &mut out, expected.last().copied().unwrap_or(1));
+            self.adapted.insert(name.to_string());
+        }
         Ok(out)
     }
 
@@ -222,9 +270,20 @@ impl WeightStore {
         let (first, end) = (start + rows.start * row_bytes, start + rows.end * row_bytes);
         let map = &self.files[file].1;
         let bytes = &map[first..end];
+        let adapter = self.adapter_for(name);
+        if let Some(a) = adapter {
+            a.check_shape(name, &shape)?;
+        }
+        let first_row = rows.start;
         let m = QuantMatrix::quantize_rows(kind, rows.len(), cols, |r, dst| {
-            convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst)
+            convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst);
+            if let Some(a) = adapter {
+                a.add_row(name, first_row + r, dst);
+            }
         });
+        if adapter.is_some() {
+            self.adapted.insert(name.to_string());
+        }
         release(map, first, end);
         self.taken.insert(name.to_string());
         Ok(m)
@@ -297,6 +356,23 @@ impl WeightStore {
 
     /// Fails if the files hold tensors the model never asked for.
     pub fn finish(self) -> Result<()> {
+        if let Some(adapter) = &self.adapter {
+            let unused: Vec<&str> = adapter
+                .targets()
+                .into_iter()
+                .filter(|t| !self.adapted.contains(*t))
+                .collect();
+            if let Some(first) = unused.first() {
+                return Err(Error::Adapter {
+                    path: adapter.dir().join("adapter_model.safetensors"),
+                    message: format!(
+                        "{} update(s) match no weight of the model in {} (first: {first:?}); is the adapter for another base model?",
+                        unused.len(),
+                        self.root.display()
+                    ),
+                });
+            }
+        }
         let mut extra: Vec<&String> = self
             .entries
             .keys()

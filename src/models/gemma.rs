@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RotaryEmbedding,
@@ -408,11 +408,12 @@ impl Gemma {
 }
 
 impl CausalLm for Gemma {
-    fn forward(
+    fn forward_tapped(
         &self,
         input: Input<'_>,
         cache: &mut KvCache,
         which: LogitsFor,
+        mut taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         let start = cache.len();
@@ -441,7 +442,10 @@ impl CausalLm for Gemma {
             .mul_scalar((h as f32).sqrt());
         for (i, layer) in self.layers.iter().enumerate() {
             let ctx = if layer.sliding { &local } else { &global };
-            let attn = layer.self_attn.forward(
+            Taps::hidden(&mut taps, &x);
+            let attn = Taps::attention(
+                &mut taps,
+                &layer.self_attn,
                 layer.input_layernorm.forward(x.clone()),
                 ctx,
                 cache.layer_mut(i),
@@ -461,6 +465,9 @@ impl CausalLm for Gemma {
                     x = x + post.forward(mlp);
                 }
             }
+        }
+        if taps.as_ref().is_some_and(|t| t.hidden_states) {
+            Taps::hidden(&mut taps, &self.norm.forward(x.clone()));
         }
         let logits = head_logits(x, which, |x| self.norm.forward(x), &self.lm_head);
         Ok(match self.cfg.final_softcap {

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm,
     Linear, Mlp,
@@ -253,11 +253,12 @@ fn conv1d(
 }
 
 impl CausalLm for Gpt2 {
-    fn forward(
+    fn forward_tapped(
         &self,
         input: Input<'_>,
         cache: &mut KvCache,
         which: LogitsFor,
+        mut taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         let start = cache.len();
@@ -276,7 +277,10 @@ impl CausalLm for Gpt2 {
             .reshape([rows, seq, d]);
         let mut x = self.wte.forward_rows(input.ids, rows, &self.device) + pos;
         for (i, block) in self.h.iter().enumerate() {
-            let a = block.attn.forward(
+            Taps::hidden(&mut taps, &x);
+            let a = Taps::attention(
+                &mut taps,
+                &block.attn,
                 block.ln_1.forward(x.clone()),
                 &ctx,
                 cache.layer_mut(i),
@@ -285,6 +289,9 @@ impl CausalLm for Gpt2 {
             x = x + a;
             let m = block.mlp.forward(block.ln_2.forward(x.clone()));
             x = x + m;
+        }
+        if taps.as_ref().is_some_and(|t| t.hidden_states) {
+            Taps::hidden(&mut taps, &self.ln_f.forward(x.clone()));
         }
         Ok(head_logits(
             x,

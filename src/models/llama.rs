@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor};
+use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
@@ -498,14 +498,15 @@ fn load_fused(
 }
 
 impl CausalLm for Llama {
-    fn forward(
+    fn forward_tapped(
         &self,
         input: Input<'_>,
         cache: &mut KvCache,
         which: LogitsFor,
+        mut taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
-        if self.host_decode && seq == 1 && pads == [0] {
+        if self.host_decode && seq == 1 && pads == [0] && taps.is_none() {
             // On a pool thread: every projection's parallel pass then starts from inside the
             // pool, instead of each waking the pool and sleeping until it is done.
             let mut logits = Vec::new();
@@ -525,7 +526,10 @@ impl CausalLm for Llama {
             .embed_tokens
             .forward_rows(input.ids, rows, &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn = layer.self_attn.forward(
+            Taps::hidden(&mut taps, &x);
+            let attn = Taps::attention(
+                &mut taps,
+                &layer.self_attn,
                 layer.input_layernorm.forward(x.clone()),
                 &ctx,
                 cache.layer_mut(i),
@@ -538,6 +542,9 @@ impl CausalLm for Llama {
                 Ffn::Moe(m) => m.forward(normed)?,
             };
             x = x + mlp;
+        }
+        if taps.as_ref().is_some_and(|t| t.hidden_states) {
+            Taps::hidden(&mut taps, &self.norm.forward(x.clone()));
         }
         Ok(head_logits(
             x,

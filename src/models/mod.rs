@@ -59,8 +59,25 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// # Shapes
     /// returns `[rows·n, vocab]` with `n = 1` for [`LogitsFor::Last`] and `seq` for
     /// [`LogitsFor::All`]
-    fn forward(&self, input: Input<'_>, cache: &mut KvCache, which: LogitsFor)
-        -> Result<Tensor<2>>;
+    fn forward(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+    ) -> Result<Tensor<2>> {
+        self.forward_tapped(input, cache, which, None)
+    }
+
+    /// [`CausalLm::forward`] that also records what `taps` asks for (each layer's input and
+    /// the final normed hidden states, each layer's attention weights). With `None` it is the
+    /// plain forward pass: nothing is captured or computed beyond it.
+    fn forward_tapped(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+        taps: Option<&mut Taps>,
+    ) -> Result<Tensor<2>>;
 
     /// What the model reports about itself.
     fn info(&self) -> &LmInfo;
@@ -69,6 +86,49 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     fn new_cache(&self) -> KvCache {
         let info = self.info();
         KvCache::new(info.num_layers, info.max_context)
+    }
+}
+
+/// What a tapped forward pass records ([`CausalLm::forward_tapped`]), in transformers' terms:
+/// `output_hidden_states` and `output_attentions`.
+#[derive(Debug, Default)]
+pub struct Taps {
+    /// Record hidden states: the input of every layer (the first is the scaled embeddings),
+    /// then the last layer's output after the final norm: `layers + 1` tensors
+    /// `[rows, seq, hidden]`.
+    pub hidden_states: bool,
+    /// Record every layer's attention weights (softmax probabilities, after masking):
+    /// `[rows, heads, seq, keys]`, `keys` the positions the pass attends to.
+    pub attentions: bool,
+    pub(crate) hidden: Vec<Tensor<3>>,
+    pub(crate) attn: Vec<Tensor<4>>,
+}
+
+impl Taps {
+    /// Records `x` as the next hidden state when asked to.
+    pub(crate) fn hidden(taps: &mut Option<&mut Taps>, x: &Tensor<3>) {
+        if let Some(t) = taps.as_deref_mut().filter(|t| t.hidden_states) {
+            t.hidden.push(x.clone());
+        }
+    }
+
+    /// Runs `attn` on `x`, recording its attention weights when asked to.
+    pub(crate) fn attention(
+        taps: &mut Option<&mut Taps>,
+        attn: &crate::nn::Attention,
+        x: Tensor<3>,
+        ctx: &crate::nn::AttentionContext,
+        cache: &mut crate::nn::LayerCache,
+        max_len: usize,
+    ) -> Tensor<3> {
+        match taps.as_deref_mut().filter(|t| t.attentions) {
+            Some(t) => {
+                let (out, probs) = attn.forward_with_weights(x, ctx, cache, max_len);
+                t.attn.push(probs);
+                out
+            }
+            None => attn.forward(x, ctx, cache, max_len),
+        }
     }
 }
 

@@ -278,6 +278,30 @@ impl Attention {
         cache: &mut LayerCache,
         max_len: usize,
     ) -> Tensor<3> {
+        self.forward_inner(x, ctx, cache, max_len, false).0
+    }
+
+    /// [`Attention::forward`] that also returns the attention weights (softmax probabilities
+    /// after masking), `[rows, heads, seq, keys]` over the keys the pass attends to.
+    pub fn forward_with_weights(
+        &self,
+        x: Tensor<3>,
+        ctx: &AttentionContext,
+        cache: &mut LayerCache,
+        max_len: usize,
+    ) -> (Tensor<3>, Tensor<4>) {
+        let (out, probs) = self.forward_inner(x, ctx, cache, max_len, true);
+        (out, probs.expect("weights were asked for"))
+    }
+
+    fn forward_inner(
+        &self,
+        x: Tensor<3>,
+        ctx: &AttentionContext,
+        cache: &mut LayerCache,
+        max_len: usize,
+        weights: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
         let [b, seq, _] = x.dims();
         let AttentionConfig {
             heads,
@@ -300,7 +324,7 @@ impl Attention {
         }
         let kv = cache.append(k, v, max_len, self.cfg.window);
         let mask = ctx.mask(kv.first, self.cfg.window);
-        self.attend(q, kv.k, kv.v, mask)
+        self.attend_inner(q, kv.k, kv.v, mask, weights)
     }
 
     /// [`Attention::forward`] for one token of one sequence at position `pos` on the host
@@ -408,7 +432,7 @@ impl Attention {
         let q = split(self.q_proj.forward(x.clone()), heads);
         let k = split(self.k_proj.forward(x.clone()), kv_heads);
         let v = split(self.v_proj.forward(x), kv_heads);
-        self.attend(q, k, v, key_bias)
+        self.attend_inner(q, k, v, key_bias, false).0
     }
 
     /// softmax(scale·q·kᵀ [soft-capped] + bias)·v, then the output projection.
@@ -416,13 +440,14 @@ impl Attention {
     /// # Shapes
     /// `q: [batch, heads, seq, head_dim]`, `k, v: [batch, kv_heads, total, head_dim]`, `bias`
     /// broadcastable to `[batch, kv_heads, group·seq, total]` → `[batch, seq, hidden]`
-    fn attend(
+    fn attend_inner(
         &self,
         q: Tensor<4>,
         k: Tensor<4>,
         v: Tensor<4>,
         bias: Option<Tensor<4>>,
-    ) -> Tensor<3> {
+        weights: bool,
+    ) -> (Tensor<3>, Option<Tensor<4>>) {
         let [b, heads, seq, head_dim] = q.dims();
         let kv_heads = k.dims()[1];
         let group = heads / kv_heads;
@@ -439,12 +464,14 @@ impl Attention {
         // Softmax in f32 whatever the compute dtype, as transformers' eager attention.
         let dtype = scores.dtype();
         let probs = activation::softmax(scores.cast(FloatDType::F32), 3).cast(dtype);
+        let total = probs.dims()[3];
+        let kept = weights.then(|| probs.clone().reshape([b, heads, seq, total]));
         let out = probs
             .matmul(v)
             .reshape([b, heads, seq, head_dim])
             .swap_dims(1, 2)
             .reshape([b, seq, heads * head_dim]);
-        self.o_proj.forward(out)
+        (self.o_proj.forward(out), kept)
     }
 }
 

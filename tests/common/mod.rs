@@ -20,8 +20,13 @@ pub struct Expected {
     pub last_logits: Vec<f32>,
 }
 
+/// tests/fixtures, or `KILN_FIXTURES_DIR` (tools/check_unseen.sh points it at checkpoints the
+/// tests have never seen).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("KILN_FIXTURES_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 /// Every fixture checkpoint (a folder with expected.json), sorted by name.
