@@ -25,6 +25,10 @@ struct Args {
     /// Wrap the prompt as one user message with the model's chat template.
     #[arg(long)]
     chat: bool,
+    /// With --json: add each generated token's log-probability and its N most likely
+    /// alternatives (from the model's distribution before sampling settings).
+    #[arg(long, value_name = "N")]
+    logprobs: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -43,7 +47,8 @@ fn run(args: Args) -> kiln::Result<()> {
     };
     let dir = args.common.model_dir()?;
     let model = args.common.load_model(&dir, &device)?;
-    let cfg = args.sampling.config(&model)?;
+    let mut cfg = args.sampling.config(&model)?;
+    cfg.logprobs = args.logprobs;
 
     let mut session = model.session();
     let mut generator = if args.chat {
@@ -52,12 +57,21 @@ fn run(args: Args) -> kiln::Result<()> {
         session.generate(&prompt, &cfg)?
     };
     let mut ids = Vec::new();
+    let mut logprobs = Vec::new();
     let mut text = String::new();
     let stdout = std::io::stdout();
     for token in generator.by_ref() {
         let token = token?;
         ids.push(token.id);
         text.push_str(&token.text);
+        if let Some(lp) = &token.logprobs {
+            logprobs.push(serde_json::json!({
+                "id": token.id,
+                "text": token.text,
+                "logprob": lp.logprob,
+                "top": lp.top,
+            }));
+        }
         if !args.common.json {
             let mut out = stdout.lock();
             let _ = out.write_all(token.text.as_bytes());
@@ -70,7 +84,7 @@ fn run(args: Args) -> kiln::Result<()> {
     let all = session.tokens();
     let prompt_tokens = all[..all.len() - ids.len()].to_vec();
     if args.common.json {
-        let out = serde_json::json!({
+        let mut out = serde_json::json!({
             "prompt_tokens": prompt_tokens,
             "generated_tokens": ids,
             "text": text,
@@ -78,6 +92,9 @@ fn run(args: Args) -> kiln::Result<()> {
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
         });
+        if args.logprobs.is_some() {
+            out["logprobs"] = serde_json::Value::Array(logprobs);
+        }
         common::outln(format!("{out}"));
     } else {
         common::outln("");

@@ -548,28 +548,28 @@ const SCORE_ROWS: usize = 64;
 
 impl Model {
     /// Runs `ids` after what `cache` holds and scores each token: `first_row` holds the scores
-    /// for `ids[0]` (the last history position's), or `None` when there is no history (then
-    /// `ids[0]` is not scored). Leaves `ids` in the cache.
+    /// for `ids[0]` (the last history position's) and that position's token, or `None` when
+    /// there is no history (then `ids[0]` is not scored). Leaves `ids` in the cache.
     pub(crate) fn score_after(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
-        first_row: Option<Vec<f32>>,
+        first_row: Option<(Vec<f32>, u32)>,
         top: usize,
     ) -> Result<Vec<ScoredToken>> {
         let tokenizer = self.tokenizer().ok();
-        let score = |row: &[f32], id: u32| {
+        let score = |row: &[f32], id: u32, prev: u32| {
             let lp = RowLogprobs::new(row);
             ScoredToken {
                 id,
-                text: token_text(tokenizer, id),
+                text: token_text(tokenizer, Some(prev), id),
                 logprob: lp.of(row[id as usize]),
-                top: lp.top(row, top, tokenizer),
+                top: lp.top(row, top, tokenizer, Some(prev)),
             }
         };
         let mut out = Vec::with_capacity(ids.len());
-        if let Some(row) = first_row {
-            out.push(score(&row, ids[0]));
+        if let Some((row, prev)) = first_row {
+            out.push(score(&row, ids[0], prev));
         }
         let vocab = self.vocab_size();
         let mut pos = 0;
@@ -585,8 +585,9 @@ impl Model {
                 let to = (from + SCORE_ROWS).min(n);
                 let rows = to_vec(logits.clone().slice([from..to, 0..vocab]))?;
                 for (i, row) in rows.chunks(vocab).enumerate() {
-                    if let Some(&next) = ids.get(pos + from + i + 1) {
-                        out.push(score(row, next));
+                    let at = pos + from + i;
+                    if let Some(&next) = ids.get(at + 1) {
+                        out.push(score(row, next, ids[at]));
                     }
                 }
                 from = to;

@@ -205,7 +205,7 @@ impl Session {
         }
         self.model.check_ids(ids, before)?;
         let first_row = if before > 0 {
-            Some(self.run_pending()?.into_vec()?)
+            Some((self.run_pending()?.into_vec()?, self.tokens[before - 1]))
         } else {
             None
         };

@@ -309,6 +309,10 @@ fn every_bad_input_is_one_line_and_status_1() {
     let mut absurd = (u64::MAX / 2).to_le_bytes().to_vec();
     absurd.extend_from_slice(b"{}");
     let long_prompt = "hello ".repeat(600);
+    let gpt2_adapter = common::fixtures_dir()
+        .join("lora-gpt2")
+        .to_string_lossy()
+        .into_owned();
     let hidden = config
         .lines()
         .find(|l| l.contains("\"intermediate_size\""))
@@ -451,6 +455,18 @@ fn every_bad_input_is_one_line_and_status_1() {
             vec!["--quantize", "q3"],
             vec!["q3"],
         ),
+        (
+            "adapter folder missing",
+            None,
+            vec!["--adapter", "/no/such/adapter"],
+            vec!["/no/such/adapter", "adapter_config.json"],
+        ),
+        (
+            "adapter for another model",
+            None,
+            vec!["--adapter", &gpt2_adapter],
+            vec!["lora-gpt2", "match no weight"],
+        ),
     ];
     for (what, dir, args, needles) in &cases {
         let mut cmd = example("generate");
@@ -474,4 +490,113 @@ fn every_bad_input_is_one_line_and_status_1() {
             assert!(err.contains(n), "{what}: {err:?} lacks {n:?}");
         }
     }
+}
+
+/// `generate --adapter DIR --logprobs N --json` reproduces peft's greedy ids and
+/// log-probabilities (tools/make_custom_fixtures.py), in the documented JSON shape.
+#[test]
+fn generate_with_an_adapter_and_logprobs() {
+    let dir = common::fixtures_dir().join("lora-llama");
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_lora.json")).unwrap())
+            .unwrap();
+    let prompt = exp["prompt_ids"].clone();
+    let out = example("generate")
+        .arg("--model")
+        .arg(common::fixtures_dir().join("llama-f32"))
+        .arg("--adapter")
+        .arg(&dir)
+        .args([
+            "--max-new-tokens",
+            "16",
+            "--ignore-eos",
+            "--logprobs",
+            "5",
+            "--json",
+        ])
+        .arg("--prompt")
+        .arg(exp_prompt(&exp))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["prompt_tokens"], prompt);
+    assert_eq!(got["generated_tokens"], exp["greedy_ids"]);
+    let (got_lp, want_lp) = (
+        got["logprobs"].as_array().unwrap(),
+        exp["logprobs"].as_array().unwrap(),
+    );
+    assert_eq!(got_lp.len(), 16);
+    for (g, w) in got_lp.iter().zip(want_lp) {
+        assert_eq!(g["id"], w["id"]);
+        let d = (g["logprob"].as_f64().unwrap() - w["logprob"].as_f64().unwrap()).abs();
+        assert!(d < 2e-3, "{g} vs {w}");
+        let top = g["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5);
+        assert!(top
+            .iter()
+            .all(|t| t["id"].is_u64() && t["logprob"].is_f64() && t["text"].is_string()));
+        assert_eq!(top[0]["id"], w["top"][0]["id"]);
+    }
+    // Without --logprobs the field is absent.
+    let out = example("generate")
+        .arg("--model")
+        .arg(common::fixtures_dir().join("llama-f32"))
+        .args(["--max-new-tokens", "2", "--json", "--prompt", "Hi"])
+        .output()
+        .unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(got.get("logprobs").is_none());
+}
+
+fn exp_prompt(exp: &Value) -> String {
+    exp["prompt"].as_str().unwrap().to_string()
+}
+
+/// `inspect --json`: each prompt token's log-probability (as `perplexity` scores them), the
+/// alternatives, a greedy continuation marked as generated; `--html` writes a page.
+#[test]
+fn inspect_reports_token_probabilities() {
+    let model_dir = common::fixtures_dir().join("qwen2-f32");
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("expected.json")).unwrap())
+            .unwrap();
+    let scratch = common::TempDir::new("inspect");
+    let html = scratch.path().join("page.html");
+    let out = example("inspect")
+        .arg("--model")
+        .arg(&model_dir)
+        .arg("--prompt")
+        .arg(exp["paragraph"].as_str().unwrap())
+        .args(["--top", "2", "--generate", "3", "--json", "--html"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = (got["mean_nll"].as_f64().unwrap() - exp["mean_nll"].as_f64().unwrap()).abs();
+    assert!(
+        d < 1e-3,
+        "mean NLL {} vs {}",
+        got["mean_nll"],
+        exp["mean_nll"]
+    );
+    let rows = got["tokens"].as_array().unwrap();
+    let n = exp["nll_ids"].as_array().unwrap().len();
+    assert_eq!(rows.len(), n - 1 + 3);
+    assert_eq!(rows.iter().filter(|r| r["generated"] == true).count(), 3);
+    assert!(rows.iter().all(|r| r["top"].as_array().unwrap().len() == 2));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<table>") && page.contains("Attention, layer 1"));
+    // A layer the model lacks is an error naming the flag.
+    let out = example("inspect")
+        .arg("--model")
+        .arg(&model_dir)
+        .args(["--prompt", "Hi there", "--html"])
+        .arg(&html)
+        .args(["--layer", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_line(&out).contains("--layer"));
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds checkpoints the tests have never seen (new seeds; optionally the real 32k/50k
 # vocabularies) with transformers, then checks that the examples' --json output reproduces the
-# reference's greedy token ids and mean NLL. Needs torch + transformers (never run in CI).
+# reference's greedy token ids and mean NLL, then runs tests/customisation.rs on them (adapters
+# made with peft, logprobs, hidden states). Needs torch + transformers + peft (never in CI).
 #   tools/check_unseen.sh [SEED_OFFSET] [--full-vocab] [--device cpu|ndarray|wgpu]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,5 +41,10 @@ print(f"{sys.argv[4]:12s} prompt ids {'ok' if ok_prompt else 'DIFFER'}, greedy {
 sys.exit(0 if ok else 1)
 PY
 done
+# LoRA adapters, logprobs, scoring and hidden states/attentions against transformers + peft on
+# the same unseen checkpoints (tests/customisation.rs reads KILN_FIXTURES_DIR).
+python3 tools/make_custom_fixtures.py --out "$out" --seed-offset "$seed" 2>/dev/null
+KILN_FIXTURES_DIR="$out" cargo test --release -q --features ndarray,wgpu --test customisation \
+  || fail=1
 rm -rf "$out"
 exit $fail

@@ -150,7 +150,13 @@ impl Decoding {
         let id = self.sampler.sample(logits);
         if let (Some(raw), Some(n)) = (raw, self.cfg.logprobs) {
             let lp = RowLogprobs::new(&raw);
-            self.pending_logprobs = Some(lp.entry(&raw, id, n, self.tokenizer.as_ref()));
+            self.pending_logprobs = Some(lp.entry(
+                &raw,
+                id,
+                n,
+                self.tokenizer.as_ref(),
+                history.last().copied(),
+            ));
         }
         Ok(id)
     }

@@ -11,8 +11,8 @@ use crate::tokenizer::Tokenizer;
 pub struct TopLogprob {
     /// Its id.
     pub id: u32,
-    /// Its text on its own (may be a partial character, shown as U+FFFD, or empty without a
-    /// tokenizer).
+    /// Its text as it would read at this position (may be part of a character, shown as
+    /// U+FFFD; empty without a tokenizer).
     pub text: String,
     /// Natural-log probability.
     pub logprob: f32,
@@ -61,6 +61,7 @@ impl RowLogprobs {
         row: &[f32],
         n: usize,
         tokenizer: Option<&Tokenizer>,
+        prev: Option<u32>,
     ) -> Vec<TopLogprob> {
         let n = n.min(row.len());
         if n == 0 {
@@ -76,7 +77,7 @@ impl RowLogprobs {
         idx.into_iter()
             .map(|id| TopLogprob {
                 id,
-                text: token_text(tokenizer, id),
+                text: token_text(tokenizer, prev, id),
                 logprob: self.of(row[id as usize]),
             })
             .collect()
@@ -89,19 +90,30 @@ impl RowLogprobs {
         id: u32,
         n: usize,
         tokenizer: Option<&Tokenizer>,
+        prev: Option<u32>,
     ) -> TokenLogprobs {
         TokenLogprobs {
             logprob: self.of(row[id as usize]),
-            top: self.top(row, n, tokenizer),
+            top: self.top(row, n, tokenizer, prev),
         }
     }
 }
 
-/// A token's text on its own, special tokens included.
-pub(crate) fn token_text(tokenizer: Option<&Tokenizer>, id: u32) -> String {
-    tokenizer
-        .and_then(|t| t.decode(&[id], false).ok())
-        .unwrap_or_default()
+/// A token's text as it reads after the token `prev` (so that a word-initial space, which
+/// SentencePiece decoders drop at the start of a text, is kept), special tokens included;
+/// on its own when there is no `prev` or the two do not decode apart.
+pub(crate) fn token_text(tokenizer: Option<&Tokenizer>, prev: Option<u32>, id: u32) -> String {
+    let Some(t) = tokenizer else {
+        return String::new();
+    };
+    if let Some(prev) = prev {
+        if let (Ok(before), Ok(both)) = (t.decode(&[prev], false), t.decode(&[prev, id], false)) {
+            if let Some(rest) = both.strip_prefix(&before) {
+                return rest.to_string();
+            }
+        }
+    }
+    t.decode(&[id], false).unwrap_or_default()
 }
 
 /// Total order on f32 for sorting scores (NaN lowest).
@@ -140,13 +152,13 @@ mod tests {
         let lp = RowLogprobs::new(&row);
         let z = (1f64.exp() + 2.0 * 3f64.exp() + 2f64.exp()).ln();
         assert!((lp.of(2.0) as f64 - (2.0 - z)).abs() < 1e-6);
-        let top = lp.top(&row, 3, None);
+        let top = lp.top(&row, 3, None, None);
         let ids: Vec<u32> = top.iter().map(|t| t.id).collect();
         assert_eq!(ids, vec![1, 3, 2]);
         let total: f64 = row.iter().map(|&s| (lp.of(s) as f64).exp()).sum();
         assert!((total - 1.0).abs() < 1e-6);
-        assert_eq!(lp.top(&row, 10, None).len(), 4);
-        assert!(lp.top(&row, 0, None).is_empty());
+        assert_eq!(lp.top(&row, 10, None, None).len(), 4);
+        assert!(lp.top(&row, 0, None, None).is_empty());
     }
 }
 
@@ -155,7 +167,8 @@ mod tests {
 pub struct ScoredToken {
     /// Its id.
     pub id: u32,
-    /// Its text on its own.
+    /// Its text as it reads after the token before it (may be part of a character, shown as
+    /// U+FFFD).
     pub text: String,
     /// Natural-log probability of this token given everything before it.
     pub logprob: f32,
