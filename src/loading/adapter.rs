@@ -4,8 +4,10 @@
 //! For each adapted weight `W` (`[out, in]`), PEFT computes `W x + s · B (A x)` with
 //! `A: [r, in]`, `B: [out, r]` and `s = lora_alpha / r` (`lora_alpha / √r` with `use_rslora`),
 //! `r` and `lora_alpha` per module when `rank_pattern` / `alpha_pattern` name it. kiln adds
-//! `s · B A` to `W` in f32 when the weight is read (row by row when it is quantized at load),
-//! so an adapted model runs exactly as fast as the base model. GPT-2's `Conv1D` weights are
+//! `s · B A` to `W` in f32 when the weight is read, so the adapter costs nothing per token: a
+//! weight quantized at load is quantized from the merged rows; an f16/bf16 weight that the
+//! adapter changes is kept as f32 (twice its bytes; exact, and still on kiln's CPU kernels and
+//! host decode path); f32 weights stay f32. GPT-2's `Conv1D` weights are
 //! stored `[in, out]` (`fan_in_fan_out`): the transposed product is added.
 
 use std::collections::{BTreeMap, HashMap};

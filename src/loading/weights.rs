@@ -126,6 +126,16 @@ impl WeightStore {
         self.adapter = adapter;
     }
 
+    /// Whether a LoRA update applies to `name`.
+    pub fn adapts(&self, name: &str) -> bool {
+        self.adapter_for(name).is_some()
+    }
+
+    /// Whether `name` is stored as f16 or bf16.
+    pub fn is_half(&self, name: &str) -> bool {
+        matches!(self.dtype(name), Some(Dtype::F16) | Some(Dtype::BF16))
+    }
+
     /// The adapter whose update applies to `name`, if any.
     fn adapter_for(&self, name: &str) -> Option<&Arc<LoraAdapter>> {
         self.adapter.as_ref().filter(|a| a.adapts(name))

@@ -10,7 +10,7 @@ use burn::tensor::FloatDType;
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
-use crate::nn::{HalfMatrix, QuantMatrix, Quantization};
+use crate::nn::{F32Matrix, HalfMatrix, QuantMatrix, Quantization};
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
 /// A weight larger than the device's [`Device::max_tensor_bytes`] (a big vocabulary's output
@@ -33,6 +33,8 @@ pub enum HostWeight {
     Half(HalfMatrix),
     /// Quantized at load.
     Quant(QuantMatrix),
+    /// f32: a half-precision weight merged with a LoRA update.
+    F32(F32Matrix),
 }
 
 impl HostWeight {
@@ -41,6 +43,7 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => [m.rows(), m.cols()],
             HostWeight::Quant(m) => [m.rows(), m.cols()],
+            HostWeight::F32(m) => [m.rows(), m.cols()],
         }
     }
 
@@ -49,6 +52,7 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => m.matmul_t(x, n),
             HostWeight::Quant(m) => m.matmul_t(x, n),
+            HostWeight::F32(m) => m.matmul_t(x, n),
         }
     }
 
@@ -62,6 +66,7 @@ impl HostWeight {
                 match w {
                     HostWeight::Half(m) => Box::new(m.row_dot(x)),
                     HostWeight::Quant(m) => Box::new(m.row_dot(x)),
+                    HostWeight::F32(m) => Box::new(m.row_dot(x)),
                 }
             })
             .collect();
@@ -92,6 +97,7 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => m.byte_len(),
             HostWeight::Quant(m) => m.byte_len(),
+            HostWeight::F32(m) => m.byte_len(),
         }
     }
 }
@@ -135,6 +141,14 @@ impl Linear {
         if let Some(q) = quantize.filter(|_| QuantMatrix::fits(cols)) {
             let m = store.quantize(name, [rows, cols], 0..rows, q)?;
             return Ok(Some(Self::from_host(HostWeight::Quant(m))));
+        }
+        if store.adapts(name) && store.is_half(name) {
+            // A half-precision weight with a LoRA update: merged in f32, kept on the host with
+            // the model's other weights.
+            let w = store.read_f32(name, &[rows, cols])?;
+            return Ok(Some(Self::from_host(HostWeight::F32(F32Matrix::new(
+                rows, cols, w,
+            )))));
         }
         Ok(store
             .take_half(name, rows, cols)?
@@ -202,6 +216,18 @@ impl Linear {
                     row += rows;
                 }
                 return Ok(out);
+            }
+            if store.adapts(&name) && store.is_half(&name) {
+                let w = F32Matrix::new(total, d_in, store.read_f32(&name, &[total, d_in])?);
+                let mut row = 0;
+                return Ok(parts
+                    .iter()
+                    .map(|&rows| {
+                        let part = w.slice_rows(row, row + rows);
+                        row += rows;
+                        Self::from_host(HostWeight::F32(part))
+                    })
+                    .collect());
             }
             if let Some(m) = store.take_half(&name, total, d_in)? {
                 let mut row = 0;
