@@ -50,8 +50,8 @@ ADAPTERS = {
     "lora-gpt2": dict(base="gpt2-f32", seed=23,
                       cfg=dict(r=4, lora_alpha=4, fan_in_fan_out=True,
                                target_modules=["c_attn", "c_fc", "c_proj"])),
-    # Phi-3's fused qkv_proj and gate_up_proj.
-    "lora-phi3": dict(base="phi3-f32", seed=24,
+    # Phi-3's fused qkv_proj and gate_up_proj, split into parts with their updates (bf16 base).
+    "lora-phi3": dict(base="phi3-bf16", seed=24,
                       cfg=dict(r=2, lora_alpha=6, target_modules=["qkv_proj", "gate_up_proj"])),
 }
 
@@ -124,6 +124,8 @@ def build_adapter(name, spec, root, seed_offset):
     cfg_path = os.path.join(out, "adapter_config.json")
     saved = json.load(open(cfg_path))
     saved["base_model_name_or_path"] = "../" + spec["base"]
+    if isinstance(saved.get("target_modules"), list):
+        saved["target_modules"] = sorted(saved["target_modules"])
     json.dump(saved, open(cfg_path, "w"), indent=2, sort_keys=True)
     for extra in ("README.md",):
         p = os.path.join(out, extra)

@@ -1,17 +1,22 @@
-//! PEFT LoRA adapters: `adapter_config.json` + `adapter_model.safetensors`, merged into the base
+//! PEFT LoRA adapters: `adapter_config.json` + `adapter_model.safetensors`, applied to the base
 //! weights as they load.
 //!
 //! For each adapted weight `W` (`[out, in]`), PEFT computes `W x + s · B (A x)` with
 //! `A: [r, in]`, `B: [out, r]` and `s = lora_alpha / r` (`lora_alpha / √r` with `use_rslora`),
-//! `r` and `lora_alpha` per module when `rank_pattern` / `alpha_pattern` name it. kiln adds
-//! `s · B A` to `W` in f32 when the weight is read, so the adapter costs nothing per token: a
-//! weight quantized at load is quantized from the merged rows; an f16/bf16 weight that the
-//! adapter changes is kept as f32 (twice its bytes; exact, and still on kiln's CPU kernels and
-//! host decode path); f32 weights stay f32. GPT-2's `Conv1D` weights are
-//! stored `[in, out]` (`fan_in_fan_out`): the transposed product is added.
+//! `r` and `lora_alpha` per module when `rank_pattern` / `alpha_pattern` name it. How kiln
+//! applies it depends on how the weight is kept:
+//! - f16/bf16 weights on CPU devices (kiln's kernels over the file's bytes): the update is kept
+//!   apart and added as `B (A x)` in f32 after the weight's product, so the weight keeps its
+//!   size and the model its decode path (`r·(in + out)` extra multiply-adds per token);
+//! - weights quantized at load: quantized from the merged rows `W + s·B A`;
+//! - f32 tensors (f32 files, GPUs): merged, `W + s·B A`, in f32 as the weight is read.
+//!
+//! GPT-2's `Conv1D` weights are stored `[in, out]` (`fan_in_fan_out`): the transposed product
+//! is merged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -23,20 +28,21 @@ use crate::loading::WeightStore;
 pub struct LoraAdapter {
     dir: PathBuf,
     /// By the base weight's name (`model.layers.0.self_attn.q_proj.weight`).
-    deltas: HashMap<String, LoraDelta>,
+    deltas: HashMap<String, Arc<LoraDelta>>,
     fan_in_fan_out: bool,
 }
 
-/// One adapted weight's low-rank update.
+/// One adapted weight's low-rank update `B A` (`[d_out, d_in]`, scale folded into `B`).
 #[derive(Debug, Clone)]
-struct LoraDelta {
+pub struct LoraDelta {
     rank: usize,
     d_in: usize,
     d_out: usize,
     /// `[rank, d_in]`.
     a: Vec<f32>,
-    /// `[d_out, rank]`, already multiplied by the scale.
-    b: Vec<f32>,
+    /// `Bᵀ`, `[rank, d_out]`, already multiplied by the scale (row `k` is what input
+    /// direction `k` adds to the outputs, so updates are vectorised axpys).
+    bt: Vec<f32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +69,81 @@ struct AdapterConfig {
     target_parameters: Option<serde_json::Value>,
     #[serde(default)]
     layer_replication: Option<serde_json::Value>,
+}
+
+impl LoraDelta {
+    /// Rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Bytes of its data.
+    pub fn byte_len(&self) -> usize {
+        4 * (self.a.len() + self.bt.len())
+    }
+
+    /// Row `k` of `A` (`d_in` values).
+    pub(crate) fn a_row(&self, k: usize) -> &[f32] {
+        &self.a[k * self.d_in..(k + 1) * self.d_in]
+    }
+
+    /// `A x` for `n` rows of `x` (`[n, d_in]`) → `[n, rank]`.
+    pub(crate) fn project(&self, x: &[f32], n: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let (r, d) = (self.rank, self.d_in);
+        let mut t = vec![0f32; n * r];
+        let row = |(j, tj): (usize, &mut [f32])| {
+            let xj = &x[j * d..(j + 1) * d];
+            for (k, v) in tj.iter_mut().enumerate() {
+                *v = crate::nn::host::dot_f32(self.a_row(k), xj);
+            }
+        };
+        if n >= 4 {
+            t.par_chunks_mut(r).enumerate().for_each(row);
+        } else {
+            t.chunks_mut(r).enumerate().for_each(row);
+        }
+        t
+    }
+
+    /// `y += B t` for `n` projected rows `t` (`[n, rank]`, from [`LoraDelta::project`]);
+    /// `y: [n, d_out]`.
+    pub(crate) fn add_update(&self, t: &[f32], n: usize, y: &mut [f32]) {
+        use rayon::prelude::*;
+        let (r, out) = (self.rank, self.d_out);
+        let row = |(j, yj): (usize, &mut [f32])| {
+            for (k, &c) in t[j * r..(j + 1) * r].iter().enumerate() {
+                let bk = &self.bt[k * out..(k + 1) * out];
+                yj.iter_mut().zip(bk).for_each(|(v, &b)| *v += c * b);
+            }
+        };
+        if n >= 4 {
+            y.par_chunks_mut(out).enumerate().for_each(row);
+        } else {
+            y.chunks_mut(out).enumerate().for_each(row);
+        }
+    }
+
+    /// `y += B (A x)` for `n` rows (`y: [n, d_out]`).
+    pub(crate) fn add_product(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let t = self.project(x, n);
+        self.add_update(&t, n, y);
+    }
+
+    /// The update of output rows `o0..o1` (a fused weight's part).
+    pub(crate) fn slice_out(&self, o0: usize, o1: usize) -> Self {
+        Self {
+            rank: self.rank,
+            d_in: self.d_in,
+            d_out: o1 - o0,
+            a: self.a.clone(),
+            bt: self
+                .bt
+                .chunks(self.d_out)
+                .flat_map(|row| row[o0..o1].iter().copied())
+                .collect(),
+        }
+    }
 }
 
 /// The adapter tensor name's parts: `base_model.model.{module}.lora_{A|B}[.{adapter}].weight`.
@@ -229,22 +310,28 @@ impl LoraAdapter {
                 alpha / rank as f64
             } as f32;
             let a = store.read_f32(&a_name, &a_shape)?;
-            let mut b = store.read_f32(&b_name, &b_shape)?;
-            b.iter_mut().for_each(|v| *v *= scale);
-            if a.iter().chain(&b).any(|v| !v.is_finite()) {
+            let b = store.read_f32(&b_name, &b_shape)?;
+            let (d_out, rank) = (b_shape[0], b_shape[1]);
+            let mut bt = vec![0f32; b.len()];
+            for o in 0..d_out {
+                for k in 0..rank {
+                    bt[k * d_out + o] = b[o * rank + k] * scale;
+                }
+            }
+            if a.iter().chain(&bt).any(|v| !v.is_finite()) {
                 return Err(bad_tensor(format!(
                     "module {module:?} has non-finite values"
                 )));
             }
             deltas.insert(
                 format!("{module}.weight"),
-                LoraDelta {
+                Arc::new(LoraDelta {
                     rank,
                     d_in: a_shape[1],
                     d_out: b_shape[0],
                     a,
-                    b,
-                },
+                    bt,
+                }),
             );
         }
         Ok(Self {
@@ -268,6 +355,14 @@ impl LoraAdapter {
 
     pub(crate) fn adapts(&self, name: &str) -> bool {
         self.deltas.contains_key(name)
+    }
+
+    /// The update of `name` kept apart from the weight (an `[out, in]` weight only: not
+    /// `fan_in_fan_out`).
+    pub(crate) fn delta(&self, name: &str) -> Option<Arc<LoraDelta>> {
+        (!self.fan_in_fan_out)
+            .then(|| self.deltas.get(name).cloned())
+            .flatten()
     }
 
     /// Checks that the update fits the base weight `name` stored as `[rows, cols]`.
@@ -298,20 +393,18 @@ impl LoraAdapter {
         let Some(d) = self.deltas.get(name) else {
             return;
         };
-        if self.fan_in_fan_out {
-            // Stored [in, out]: dst[j] += Σ_k B[j,k]·A[k,row].
-            for (j, out) in dst.iter_mut().enumerate() {
-                let b = &d.b[j * d.rank..(j + 1) * d.rank];
-                *out += (0..d.rank)
-                    .map(|k| b[k] * d.a[k * d.d_in + row])
-                    .sum::<f32>();
-            }
-        } else {
-            // Stored [out, in]: dst += Σ_k B[row,k]·A[k,:].
-            for k in 0..d.rank {
-                let coef = d.b[row * d.rank + k];
-                let a = &d.a[k * d.d_in..(k + 1) * d.d_in];
-                dst.iter_mut().zip(a).for_each(|(o, &a)| *o += coef * a);
+        for k in 0..d.rank {
+            if self.fan_in_fan_out {
+                // Stored [in, out]: dst += Σ_k A[k,row]·Bᵀ[k,:].
+                let coef = d.a[k * d.d_in + row];
+                let bk = &d.bt[k * d.d_out..(k + 1) * d.d_out];
+                dst.iter_mut().zip(bk).for_each(|(o, &b)| *o += coef * b);
+            } else {
+                // Stored [out, in]: dst += Σ_k Bᵀ[k,row]·A[k,:].
+                let coef = d.bt[k * d.d_out + row];
+                dst.iter_mut()
+                    .zip(d.a_row(k))
+                    .for_each(|(o, &a)| *o += coef * a);
             }
         }
     }
@@ -364,11 +457,32 @@ mod tests {
             d_in: 3,
             d_out: 2,
             a: vec![1.0, 2.0, 3.0],
-            b: vec![2.0, -1.0],
+            bt: vec![2.0, -1.0],
         };
+        let x = [1.0f32, 0.0, -1.0];
+        let mut y = vec![10.0f32, 20.0];
+        d.add_product(&x, 1, &mut y);
+        assert_eq!(y, vec![10.0 - 4.0, 20.0 + 2.0]);
+        let ax = d.project(&x, 1);
+        assert_eq!(ax, vec![-2.0]);
+        // Four rows take the parallel path.
+        let x4: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut y4 = vec![0f32; 8];
+        d.add_product(&x4, 4, &mut y4);
+        let want: Vec<f32> = (0..4)
+            .flat_map(|j| {
+                let ax = (0..3).map(|i| (i + 1) as f32 * x4[j * 3 + i]).sum::<f32>();
+                [2.0 * ax, -ax]
+            })
+            .collect();
+        assert_eq!(y4, want);
+        let part = d.slice_out(1, 2);
+        let mut y = vec![0.0f32];
+        part.add_product(&x, 1, &mut y);
+        assert_eq!(y, vec![2.0]);
         let mut ad = LoraAdapter {
             dir: PathBuf::new(),
-            deltas: HashMap::from([("w".to_string(), d)]),
+            deltas: HashMap::from([("w".to_string(), Arc::new(d))]),
             fan_in_fan_out: false,
         };
         let mut w = vec![0.0; 6];

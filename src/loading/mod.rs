@@ -9,6 +9,6 @@ pub mod adapter;
 pub mod config;
 pub mod weights;
 
-pub use adapter::LoraAdapter;
+pub use adapter::{LoraAdapter, LoraDelta};
 pub use config::{read_json, GenerationDefaults};
 pub use weights::WeightStore;

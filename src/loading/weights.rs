@@ -17,7 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::loading::LoraAdapter;
+use crate::loading::{LoraAdapter, LoraDelta};
 use crate::nn::{HalfKind, HalfMatrix, QuantMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
@@ -211,9 +211,46 @@ impl WeightStore {
         cols: usize,
     ) -> Result<Option<HalfMatrix>> {
         if self.adapter_for(name).is_some() {
-            // An adapted weight is merged in f32 (read it with `read_f32`).
+            // An adapted weight is merged in f32 (read it with `read_f32`), or taken with its
+            // update apart (`take_half_adapted`).
             return Ok(None);
         }
+        self.take_half_raw(name, rows, cols)
+    }
+
+    /// [`WeightStore::take_half`] for a weight a LoRA update may apply to: the half-precision
+    /// matrix as stored and, when the adapter changes it, the update kept apart (applied as
+    /// `y += B (A x)` by the layer, so the weight keeps its size and kernels). `Ok(None)` as
+    /// `take_half`, and for updates that cannot be kept apart (then use `read_f32`).
+    pub fn take_half_adapted(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<(HalfMatrix, Option<Arc<LoraDelta>>)>> {
+        let Some(adapter) = self.adapter_for(name).cloned() else {
+            return Ok(self.take_half_raw(name, rows, cols)?.map(|m| (m, None)));
+        };
+        let Some(delta) = adapter.delta(name) else {
+            return Ok(None);
+        };
+        if !self.is_half(name) {
+            return Ok(None);
+        }
+        adapter.check_shape(name, &[rows, cols])?;
+        let m = self.take_half_raw(name, rows, cols)?;
+        if m.is_some() {
+            self.adapted.insert(name.to_string());
+        }
+        Ok(m.map(|m| (m, Some(delta))))
+    }
+
+    fn take_half_raw(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HalfMatrix>> {
         let kind = match self.entries.get(name).map(|e| e.dtype) {
             Some(Dtype::F16) => HalfKind::F16,
             Some(Dtype::BF16) => HalfKind::Bf16,

@@ -202,79 +202,6 @@ impl HalfMatrix {
     }
 }
 
-/// An f32 `[rows, cols]` matrix on the host: a weight merged with a LoRA update in a model whose
-/// other weights stay half precision ([`HostWeight::F32`](crate::nn::linear::HostWeight)), so
-/// the model keeps kiln's host kernels and decode path.
-#[derive(Debug, Clone)]
-pub struct F32Matrix {
-    rows: usize,
-    cols: usize,
-    data: Arc<Vec<f32>>,
-}
-
-impl F32Matrix {
-    /// Wraps row-major `[rows, cols]` values.
-    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
-        assert_eq!(data.len(), rows * cols, "F32Matrix: length");
-        Self {
-            rows,
-            cols,
-            data: Arc::new(data),
-        }
-    }
-
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Bytes of data.
-    pub fn byte_len(&self) -> usize {
-        self.data.len() * 4
-    }
-
-    /// Rows `r0..r1` (a copy).
-    pub fn slice_rows(&self, r0: usize, r1: usize) -> Self {
-        Self::new(
-            r1 - r0,
-            self.cols,
-            self.data[r0 * self.cols..r1 * self.cols].to_vec(),
-        )
-    }
-
-    /// `y = x · selfᵀ` for `n` rows of `x` → `[n, rows]`.
-    pub fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
-        assert_eq!(x.len(), n * self.cols, "matmul_t: activation length");
-        let (rows, cols) = (self.rows, self.cols);
-        let mut y = vec![0f32; n * rows];
-        if n == 0 || rows == 0 {
-            return y;
-        }
-        let w = &self.data;
-        if n >= GEMM_MIN_ROWS {
-            blocked_gemm(rows, cols, x, n, &mut y, |r, dst| {
-                dst.copy_from_slice(&w[r * cols..(r + 1) * cols])
-            });
-        } else {
-            for_each_output(rows, n, &mut y, |r, j| {
-                dot_f32(&w[r * cols..(r + 1) * cols], &x[j * cols..(j + 1) * cols])
-            });
-        }
-        y
-    }
-
-    /// Row `r`'s dot product with one activation row `x`.
-    pub(crate) fn row_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
-        let (cols, w) = (self.cols, &self.data);
-        move |r| dot_f32(&w[r * cols..(r + 1) * cols], x)
-    }
-}
-
 /// Fills `y` (`[n, rows]`) with `value(r, j)`, output feature `r` of activation row `j`, in
 /// parallel over blocks of output features: each task handles every activation row of its
 /// weight rows, so a weight row is read once from memory for all of them.
@@ -606,27 +533,5 @@ mod tests {
             part.row_to_f32(3, &mut row);
             assert_eq!(row, stored[13 * cols..14 * cols]);
         }
-        // The f32 matrix (LoRA-merged weights), both paths, and a slice of it.
-        let m = F32Matrix::new(rows, cols, vals.clone());
-        for n in [1, 3, 4, 9] {
-            let x: Vec<f32> = (0..n * cols)
-                .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0)
-                .collect();
-            let want = reference(&vals, rows, cols, &x, n);
-            let diff = max_diff(&m.matmul_t(&x, n), &want);
-            assert!(diff < 1e-4, "f32 n={n}: {diff}");
-            let dot = m.row_dot(&x[..cols]);
-            assert!((dot(5) - want[5]).abs() < 1e-4);
-        }
-        let part = m.slice_rows(10, 20);
-        let x = vec![0.5f32; cols];
-        assert_eq!(part.matmul_t(&x, 1), m.matmul_t(&x, 1)[10..20]);
-    }
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
     }
 }

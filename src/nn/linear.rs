@@ -9,8 +9,9 @@ use burn::tensor::FloatDType;
 
 use crate::device::Device;
 use crate::error::Result;
+use crate::loading::LoraDelta;
 use crate::loading::WeightStore;
-use crate::nn::{F32Matrix, HalfMatrix, QuantMatrix, Quantization};
+use crate::nn::{HalfMatrix, QuantMatrix, Quantization};
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
 /// A weight larger than the device's [`Device::max_tensor_bytes`] (a big vocabulary's output
@@ -33,8 +34,8 @@ pub enum HostWeight {
     Half(HalfMatrix),
     /// Quantized at load.
     Quant(QuantMatrix),
-    /// f32: a half-precision weight merged with a LoRA update.
-    F32(F32Matrix),
+    /// A weight with a LoRA update kept apart: `y = W x + B (A x)`.
+    Adapted(Box<HostWeight>, Arc<LoraDelta>),
 }
 
 impl HostWeight {
@@ -43,7 +44,7 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => [m.rows(), m.cols()],
             HostWeight::Quant(m) => [m.rows(), m.cols()],
-            HostWeight::F32(m) => [m.rows(), m.cols()],
+            HostWeight::Adapted(w, _) => w.shape(),
         }
     }
 
@@ -52,7 +53,11 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => m.matmul_t(x, n),
             HostWeight::Quant(m) => m.matmul_t(x, n),
-            HostWeight::F32(m) => m.matmul_t(x, n),
+            HostWeight::Adapted(w, d) => {
+                let mut y = w.matmul_t(x, n);
+                d.add_product(x, n, &mut y);
+                y
+            }
         }
     }
 
@@ -60,21 +65,26 @@ impl HostWeight {
     /// parallel pass over all their rows (a decode step's q/k/v or gate/up projections: one
     /// round of thread synchronisation instead of one per matrix).
     pub fn gemv_many(weights: &[&HostWeight], x: &[f32]) -> Vec<Vec<f32>> {
-        let dots: Vec<Box<dyn Fn(usize) -> f32 + Sync + '_>> = weights
-            .iter()
-            .map(|w| -> Box<dyn Fn(usize) -> f32 + Sync + '_> {
-                match w {
-                    HostWeight::Half(m) => Box::new(m.row_dot(x)),
-                    HostWeight::Quant(m) => Box::new(m.row_dot(x)),
-                    HostWeight::F32(m) => Box::new(m.row_dot(x)),
-                }
-            })
-            .collect();
-        let mut ends = Vec::with_capacity(weights.len());
+        // One segment of rows per weight, plus one per LoRA update for its `A x` rows; the
+        // updates' `B (A x)` are added after the pass.
+        let mut dots: Vec<Box<dyn Fn(usize) -> f32 + Sync + '_>> = Vec::new();
+        let mut ends = Vec::new();
         let mut total = 0;
+        let mut deltas = Vec::new();
         for w in weights {
-            total += w.shape()[0];
+            let (base, delta) = match w {
+                HostWeight::Adapted(base, d) => (base.as_ref(), Some(d)),
+                other => (*other, None),
+            };
+            dots.push(base.row_dot(x));
+            total += base.shape()[0];
             ends.push(total);
+            if let Some(d) = delta {
+                dots.push(Box::new(move |k| crate::nn::host::dot_f32(d.a_row(k), x)));
+                deltas.push((total, d));
+                total += d.rank();
+                ends.push(total);
+            }
         }
         let mut y = vec![0f32; total];
         crate::nn::host::for_each_output(total, 1, &mut y, |r, _| {
@@ -83,13 +93,29 @@ impl HostWeight {
             dots[i](r - first)
         });
         let mut out = Vec::with_capacity(weights.len());
-        let mut rest = y.as_slice();
+        let mut at = 0;
+        let mut deltas = deltas.into_iter().peekable();
         for w in weights {
-            let (head, tail) = rest.split_at(w.shape()[0]);
-            out.push(head.to_vec());
-            rest = tail;
+            let rows = w.shape()[0];
+            let mut v = y[at..at + rows].to_vec();
+            at += rows;
+            if let Some((_, d)) = deltas.next_if(|(start, _)| *start == at) {
+                d.add_update(&y[at..at + d.rank()], 1, &mut v);
+                at += d.rank();
+            }
+            out.push(v);
         }
         out
+    }
+
+    /// Row `r`'s dot product with one activation row `x` (a LoRA update's part is added by
+    /// [`HostWeight::gemv_many`]).
+    fn row_dot<'a>(&'a self, x: &'a [f32]) -> Box<dyn Fn(usize) -> f32 + Sync + 'a> {
+        match self {
+            HostWeight::Half(m) => Box::new(m.row_dot(x)),
+            HostWeight::Quant(m) => Box::new(m.row_dot(x)),
+            HostWeight::Adapted(w, _) => w.row_dot(x),
+        }
     }
 
     /// Bytes of weight data.
@@ -97,7 +123,7 @@ impl HostWeight {
         match self {
             HostWeight::Half(m) => m.byte_len(),
             HostWeight::Quant(m) => m.byte_len(),
-            HostWeight::F32(m) => m.byte_len(),
+            HostWeight::Adapted(w, d) => w.byte_len() + d.byte_len(),
         }
     }
 }
@@ -142,17 +168,9 @@ impl Linear {
             let m = store.quantize(name, [rows, cols], 0..rows, q)?;
             return Ok(Some(Self::from_host(HostWeight::Quant(m))));
         }
-        if store.adapts(name) && store.is_half(name) {
-            // A half-precision weight with a LoRA update: merged in f32, kept on the host with
-            // the model's other weights.
-            let w = store.read_f32(name, &[rows, cols])?;
-            return Ok(Some(Self::from_host(HostWeight::F32(F32Matrix::new(
-                rows, cols, w,
-            )))));
-        }
         Ok(store
-            .take_half(name, rows, cols)?
-            .map(|m| Self::from_host(HostWeight::Half(m))))
+            .take_half_adapted(name, rows, cols)?
+            .map(|(m, delta)| Self::from_host(adapted(HostWeight::Half(m), delta))))
     }
 
     /// A layer over a host `[out, in]` matrix (CPU only).
@@ -217,26 +235,17 @@ impl Linear {
                 }
                 return Ok(out);
             }
-            if store.adapts(&name) && store.is_half(&name) {
-                let w = F32Matrix::new(total, d_in, store.read_f32(&name, &[total, d_in])?);
-                let mut row = 0;
-                return Ok(parts
-                    .iter()
-                    .map(|&rows| {
-                        let part = w.slice_rows(row, row + rows);
-                        row += rows;
-                        Self::from_host(HostWeight::F32(part))
-                    })
-                    .collect());
-            }
-            if let Some(m) = store.take_half(&name, total, d_in)? {
+            if let Some((m, delta)) = store.take_half_adapted(&name, total, d_in)? {
                 let mut row = 0;
                 return Ok(parts
                     .iter()
                     .map(|&rows| {
                         let part = m.slice_rows(row, row + rows);
+                        let d = delta
+                            .as_ref()
+                            .map(|d| Arc::new(d.slice_out(row, row + rows)));
                         row += rows;
-                        Self::from_host(HostWeight::Half(part))
+                        Self::from_host(adapted(HostWeight::Half(part), d))
                     })
                     .collect());
             }
@@ -431,6 +440,14 @@ impl Linear {
     /// device's tensor limit, or a half-precision host matrix).
     pub fn parts(&self) -> usize {
         self.weight.len().max(1)
+    }
+}
+
+/// `w`, with its LoRA update kept apart when there is one.
+fn adapted(w: HostWeight, delta: Option<Arc<LoraDelta>>) -> HostWeight {
+    match delta {
+        Some(d) => HostWeight::Adapted(Box::new(w), d),
+        None => w,
     }
 }
 

@@ -18,7 +18,7 @@ pub mod rope;
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
 pub use embedding::Embedding;
-pub use host::{F32Matrix, HalfKind, HalfMatrix};
+pub use host::{HalfKind, HalfMatrix};
 pub use kv_cache::{CachedKv, HostKvView, KvCache, LayerCache};
 pub use linear::Linear;
 pub use mlp::{GatedMlp, Mlp};
