@@ -40,6 +40,8 @@ struct Inner {
     eos: Vec<u32>,
     device: Device,
     dir: PathBuf,
+    /// Names of the switchable adapters, by slot.
+    adapter_names: Vec<String>,
 }
 
 /// How [`Model::load_with`] loads weights.
@@ -49,6 +51,9 @@ pub struct LoadOptions {
     pub quantize: Option<Quantization>,
     /// A PEFT LoRA adapter merged into the weights it targets (see [`LoraAdapter`]).
     pub adapter: Option<Arc<LoraAdapter>>,
+    /// Named LoRA adapters kept apart from the weights, chosen per session
+    /// ([`Session::set_adapter`]).
+    pub switchable: Vec<(String, Arc<LoraAdapter>)>,
 }
 
 impl LoadOptions {
@@ -63,6 +68,14 @@ impl LoadOptions {
     /// load. The adapter is read once and can be shared by several loads.
     pub fn adapter(mut self, adapter: LoraAdapter) -> Self {
         self.adapter = Some(Arc::new(adapter));
+        self
+    }
+
+    /// Adds an adapter under `name` that sessions can switch on and off
+    /// ([`Session::set_adapter`]) without reloading the model: its updates are kept beside
+    /// the weights they change and applied as `y += B (A x)` while it is active.
+    pub fn switchable_adapter(mut self, name: impl Into<String>, adapter: LoraAdapter) -> Self {
+        self.switchable.push((name.into(), Arc::new(adapter)));
         self
     }
 
@@ -115,6 +128,19 @@ impl Model {
         let mut store = WeightStore::open(dir)?;
         store.set_quantization(options.quantize);
         store.set_adapter(options.adapter.clone());
+        let mut adapter_names: Vec<String> = Vec::new();
+        for (name, _) in &options.switchable {
+            if name.is_empty() || adapter_names.contains(name) {
+                return Err(Error::invalid_arg(
+                    "switchable_adapter",
+                    format!(
+                        "adapter names must be unique and not empty, got {name:?} twice or empty"
+                    ),
+                ));
+            }
+            adapter_names.push(name.clone());
+        }
+        store.set_switchable_adapters(options.switchable.iter().map(|(_, a)| a.clone()).collect());
         let lm = models::load(dir, &mut store, device)?;
         store.finish()?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -156,6 +182,7 @@ impl Model {
                 eos,
                 device: device.clone(),
                 dir: dir.to_path_buf(),
+                adapter_names,
             }),
         })
     }
@@ -274,6 +301,12 @@ impl Model {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.inner.device
+    }
+
+    /// The names of the switchable adapters ([`LoadOptions::switchable_adapter`]), in slot
+    /// order.
+    pub fn adapter_names(&self) -> &[String] {
+        &self.inner.adapter_names
     }
 
     /// The folder the model was loaded from.

@@ -17,6 +17,8 @@ pub struct Session {
     cache: KvCache,
     /// Every token of the sequence; those past `cache.len()` are not yet run through the model.
     tokens: Vec<u32>,
+    /// The switchable adapter this session runs with (its slot), if any.
+    adapter: Option<usize>,
 }
 
 impl Session {
@@ -26,7 +28,45 @@ impl Session {
             model,
             cache,
             tokens: Vec::new(),
+            adapter: None,
         }
+    }
+
+    /// Runs this session with the switchable adapter `name` (see
+    /// [`LoadOptions::switchable_adapter`](crate::LoadOptions::switchable_adapter)), or with
+    /// none (`None`: the base model, plus any adapter merged at load). The conversation is
+    /// kept; if the choice changes, the cache is dropped and the next call re-runs the history
+    /// under the new adapter. An unknown name is an error and changes nothing.
+    pub fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        let slot = match name {
+            None => None,
+            Some(n) => {
+                let names = self.model.adapter_names();
+                Some(names.iter().position(|a| a == n).ok_or_else(|| {
+                    Error::invalid_arg(
+                        "adapter",
+                        format!(
+                            "no switchable adapter {n:?}; the model has {}",
+                            if names.is_empty() {
+                                "none (LoadOptions::switchable_adapter adds them)".to_string()
+                            } else {
+                                format!("{names:?}")
+                            }
+                        ),
+                    )
+                })?)
+            }
+        };
+        if slot != self.adapter {
+            self.adapter = slot;
+            self.cache.clear();
+        }
+        Ok(())
+    }
+
+    /// The switchable adapter this session runs with.
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.map(|i| self.model.adapter_names()[i].as_str())
     }
 
     /// The model this session runs.
@@ -173,7 +213,10 @@ impl Session {
         }
         let start = self.cache.len();
         let pending = self.tokens[start..].to_vec();
-        self.model.feed(&pending, &mut self.cache).inspect_err(|_| {
+        crate::nn::linear::with_adapter_slot(self.adapter, || {
+            self.model.feed(&pending, &mut self.cache)
+        })
+        .inspect_err(|_| {
             self.cache.truncate(start);
         })
     }
@@ -210,7 +253,9 @@ impl Session {
             None
         };
         let start = self.cache.len();
-        let scored = self.model.score_after(ids, &mut self.cache, first_row, top);
+        let scored = crate::nn::linear::with_adapter_slot(self.adapter, || {
+            self.model.score_after(ids, &mut self.cache, first_row, top)
+        });
         self.cache.truncate(start);
         Ok(Score { tokens: scored? })
     }

@@ -473,3 +473,120 @@ fn hidden_states_and_attentions_match_transformers() {
         }
     }
 }
+
+#[test]
+fn switchable_adapters_are_chosen_per_session() {
+    let root = fixtures_dir();
+    for device in common::devices() {
+        // An f32 base (device tensors) and a bf16 base (kiln's host kernels on the CPU).
+        for (base, a, b) in [
+            ("llama-f32", "lora-llama", "lora-llama-b"),
+            ("qwen2-bf16", "lora-qwen2", "lora-qwen2-b"),
+        ] {
+            let what = format!("{base} on {}", device.name());
+            let ea: LoraExpected = read(&root.join(a).join("expected_lora.json"));
+            let eb: LoraExpected = read(&root.join(b).join("expected_lora.json"));
+            let opts = LoadOptions::default()
+                .switchable_adapter("a", LoraAdapter::load(root.join(a)).unwrap())
+                .switchable_adapter("b", LoraAdapter::load(root.join(b)).unwrap());
+            let model = Model::load_with(root.join(base), &device, opts).unwrap();
+            assert_eq!(model.adapter_names(), ["a", "b"]);
+            if base.ends_with("bf16") && device.name() == Device::cpu().name() {
+                assert!(format!("{model:?}").contains("host_decode: true"), "{what}");
+            }
+            let n = ea.greedy_ids.len();
+            let cfg = GenerationConfig::default()
+                .max_new_tokens(n)
+                .ignore_eos(true)
+                .logprobs(5);
+            // Three sessions of one model, each its own adapter, interleaved.
+            let mut sa = model.session();
+            sa.set_adapter(Some("a")).unwrap();
+            let mut sb = model.session();
+            sb.set_adapter(Some("b")).unwrap();
+            let mut s0 = model.session();
+            let mut ga = sa.generate_ids(&ea.prompt_ids, &cfg).unwrap();
+            let mut gb = sb.generate_ids(&eb.prompt_ids, &cfg).unwrap();
+            let mut g0 = s0.generate_ids(&ea.prompt_ids, &cfg).unwrap();
+            let (mut ta, mut tb, mut t0) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..n {
+                ta.push(ga.next().unwrap().unwrap());
+                tb.push(gb.next().unwrap().unwrap());
+                t0.push(g0.next().unwrap().unwrap().id);
+            }
+            drop((ga, gb, g0));
+            check_logprobs(&format!("{what} a"), &ta, &ea.logprobs, 2e-3);
+            check_logprobs(&format!("{what} b"), &tb, &eb.logprobs, 2e-3);
+            assert_eq!(t0, ea.base_greedy_ids, "{what}: no adapter");
+            // Scoring runs under the session's adapter.
+            let mut s = model.session();
+            s.set_adapter(Some("b")).unwrap();
+            let nll = s.score_ids(&eb.nll_ids, 0).unwrap().mean_nll();
+            assert!(
+                (nll - eb.mean_nll).abs() < 1e-3,
+                "{what}: b NLL {nll} vs {}",
+                eb.mean_nll
+            );
+            assert_eq!(s.adapter(), Some("b"));
+            // Switching mid-conversation re-runs the history under the new adapter: the same
+            // as a fresh session with that adapter and that history.
+            let short = GenerationConfig::default()
+                .max_new_tokens(4)
+                .ignore_eos(true);
+            let mut s = model.session();
+            s.set_adapter(Some("a")).unwrap();
+            let first = common::gen_ids(&mut s, &ea.prompt_ids, &short);
+            assert_eq!(first, ea.greedy_ids[..4]);
+            s.set_adapter(Some("b")).unwrap();
+            assert_eq!(s.cached_len(), 0, "{what}: the cache is dropped");
+            let after_switch = common::gen_ids(&mut s, &[], &short);
+            let history = s.tokens()[..ea.prompt_ids.len() + 4].to_vec();
+            let mut fresh = model.session();
+            fresh.set_adapter(Some("b")).unwrap();
+            assert_eq!(
+                common::gen_ids(&mut fresh, &history, &short),
+                after_switch,
+                "{what}"
+            );
+            // Back to the base model; unknown names change nothing.
+            s.set_adapter(None).unwrap();
+            let err = s.set_adapter(Some("c")).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(err.to_string().contains("\"a\", \"b\""), "{err}");
+            assert_eq!(s.adapter(), None);
+        }
+    }
+}
+
+#[test]
+fn switchable_adapters_with_quantized_weights_and_bad_names() {
+    let root = fixtures_dir();
+    let ea: LoraExpected = read(&root.join("lora-qwen2").join("expected_lora.json"));
+    let opts = LoadOptions::default()
+        .quantize(Quantization::Q8)
+        .switchable_adapter("a", LoraAdapter::load(root.join("lora-qwen2")).unwrap());
+    let model = Model::load_with(root.join("qwen2-bf16"), &Device::cpu(), opts).unwrap();
+    let mut s = model.session();
+    s.set_adapter(Some("a")).unwrap();
+    let nll = s.score_ids(&ea.nll_ids, 0).unwrap().mean_nll();
+    assert!(
+        (nll - ea.mean_nll).abs() < 0.02,
+        "Q8 + switchable adapter: {nll} vs {}",
+        ea.mean_nll
+    );
+    // An adapter for another model, duplicate names.
+    let bad = LoadOptions::default()
+        .switchable_adapter("g", LoraAdapter::load(root.join("lora-gpt2")).unwrap());
+    let err = Model::load_with(root.join("llama-f32"), &Device::cpu(), bad).unwrap_err();
+    assert!(matches!(err, Error::Adapter { .. }), "{err}");
+    let a = LoraAdapter::load(root.join("lora-llama")).unwrap();
+    let dup = LoadOptions::default()
+        .switchable_adapter("x", a.clone())
+        .switchable_adapter("x", a);
+    let err = Model::load_with(root.join("llama-f32"), &Device::cpu(), dup).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    // A model without switchable adapters says so.
+    let plain = Model::load(root.join("llama-f32"), &Device::cpu()).unwrap();
+    let err = plain.session().set_adapter(Some("a")).unwrap_err();
+    assert!(err.to_string().contains("none"), "{err}");
+}

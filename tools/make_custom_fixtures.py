@@ -46,6 +46,14 @@ ADAPTERS = {
                        cfg=dict(r=8, lora_alpha=16, use_rslora=True,
                                 target_modules=["q_proj", "v_proj", "down_proj"],
                                 rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 4})),
+    # Second adapters for two bases: switched per session on one loaded model (tensor path on
+    # the f32 base, kiln's half-precision host kernels on the bf16 one).
+    "lora-llama-b": dict(base="llama-f32", seed=25,
+                         cfg=dict(r=2, lora_alpha=3, use_rslora=True,
+                                  target_modules=["q_proj", "v_proj", "o_proj", "up_proj"])),
+    "lora-qwen2-b": dict(base="qwen2-bf16", seed=26,
+                         cfg=dict(r=4, lora_alpha=8,
+                                  target_modules=["k_proj", "o_proj", "gate_proj", "up_proj"])),
     # GPT-2's Conv1D weights are stored [in, out] (fan_in_fan_out) and c_attn is fused q/k/v.
     "lora-gpt2": dict(base="gpt2-f32", seed=23,
                       cfg=dict(r=4, lora_alpha=4, fan_in_fan_out=True,

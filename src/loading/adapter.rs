@@ -130,6 +130,29 @@ impl LoraDelta {
         self.add_update(&t, n, y);
     }
 
+    /// `Aᵀ` (`[d_in, rank]`) and `Bᵀ` (`[rank, d_out]`, scaled) as tensors on `device`, for
+    /// layers that multiply there.
+    pub(crate) fn device_tensors(
+        &self,
+        device: &crate::device::Device,
+    ) -> (burn::tensor::Tensor<2>, burn::tensor::Tensor<2>) {
+        use burn::tensor::{Tensor, TensorData};
+        let (r, d) = (self.rank, self.d_in);
+        let mut at = vec![0f32; d * r];
+        for k in 0..r {
+            for i in 0..d {
+                at[i * r + k] = self.a[k * d + i];
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(at, [d, r]), device.floats()),
+            Tensor::from_data(
+                TensorData::new(self.bt.clone(), [r, self.d_out]),
+                device.floats(),
+            ),
+        )
+    }
+
     /// The update of output rows `o0..o1` (a fused weight's part).
     pub(crate) fn slice_out(&self, o0: usize, o1: usize) -> Self {
         Self {
@@ -355,6 +378,12 @@ impl LoraAdapter {
 
     pub(crate) fn adapts(&self, name: &str) -> bool {
         self.deltas.contains_key(name)
+    }
+
+    /// The update of `name` as `y += B (A x)` whatever the weight's layout (switchable
+    /// adapters, which are never merged).
+    pub(crate) fn update(&self, name: &str) -> Option<Arc<LoraDelta>> {
+        self.deltas.get(name).cloned()
     }
 
     /// The update of `name` kept apart from the weight (an `[out, in]` weight only: not

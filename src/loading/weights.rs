@@ -42,6 +42,8 @@ pub struct WeightStore {
     adapter: Option<Arc<LoraAdapter>>,
     /// Adapted weights read so far.
     adapted: HashSet<String>,
+    /// Switchable adapters (kept apart, chosen per session), and the weights each has matched.
+    slots: Vec<(Arc<LoraAdapter>, HashSet<String>)>,
 }
 
 impl WeightStore {
@@ -91,6 +93,7 @@ impl WeightStore {
             quantize: None,
             adapter: None,
             adapted: HashSet::new(),
+            slots: Vec::new(),
         };
         for path in paths {
             store.add_file(path)?;
@@ -108,6 +111,7 @@ impl WeightStore {
             quantize: None,
             adapter: None,
             adapted: HashSet::new(),
+            slots: Vec::new(),
         };
         store.add_file(path.to_path_buf())?;
         Ok(store)
@@ -124,6 +128,33 @@ impl WeightStore {
     /// [`LoraAdapter`]); [`WeightStore::finish`] then fails if an update matched no weight.
     pub fn set_adapter(&mut self, adapter: Option<Arc<LoraAdapter>>) {
         self.adapter = adapter;
+    }
+
+    /// Adapters kept apart from the weights, one slot each (see [`WeightStore::slot_updates`]).
+    pub fn set_switchable_adapters(&mut self, adapters: Vec<Arc<LoraAdapter>>) {
+        self.slots = adapters.into_iter().map(|a| (a, HashSet::new())).collect();
+    }
+
+    /// The update each switchable adapter makes to the weight `name` stored with shape
+    /// `stored` (`None` in the slots of adapters that leave it alone; empty without switchable
+    /// adapters). Shapes are checked; [`WeightStore::finish`] reports updates never asked for.
+    pub fn slot_updates(
+        &mut self,
+        name: &str,
+        stored: &[usize],
+    ) -> Result<Vec<Option<Arc<LoraDelta>>>> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (adapter, used) in &mut self.slots {
+            match adapter.update(name) {
+                Some(d) => {
+                    adapter.check_shape(name, stored)?;
+                    used.insert(name.to_string());
+                    out.push(Some(d));
+                }
+                None => out.push(None),
+            }
+        }
+        Ok(out)
     }
 
     /// Whether a LoRA update applies to `name`.
@@ -403,11 +434,15 @@ impl WeightStore {
 
     /// Fails if the files hold tensors the model never asked for.
     pub fn finish(self) -> Result<()> {
-        if let Some(adapter) = &self.adapter {
+        let merged = self.adapter.as_ref().map(|a| (a, &self.adapted));
+        for (adapter, used) in merged
+            .into_iter()
+            .chain(self.slots.iter().map(|(a, u)| (a, u)))
+        {
             let unused: Vec<&str> = adapter
                 .targets()
                 .into_iter()
-                .filter(|t| !self.adapted.contains(*t))
+                .filter(|t| !used.contains(*t))
                 .collect();
             if let Some(first) = unused.first() {
                 return Err(Error::Adapter {

@@ -510,7 +510,13 @@ impl CausalLm for Llama {
             // On a pool thread: every projection's parallel pass then starts from inside the
             // pool, instead of each waking the pool and sleeping until it is done.
             let mut logits = Vec::new();
-            rayon::scope(|_| logits = self.decode_host(input.ids[0], cache));
+            // The switchable adapter chosen on this thread goes with the pass.
+            let slot = crate::nn::linear::active_adapter_slot();
+            rayon::scope(|_| {
+                crate::nn::linear::with_adapter_slot(slot, || {
+                    logits = self.decode_host(input.ids[0], cache)
+                })
+            });
             let vocab = logits.len();
             return Ok(Tensor::from_data(
                 TensorData::new(logits, [1, vocab]),

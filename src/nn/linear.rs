@@ -25,6 +25,40 @@ pub struct Linear {
     bias: Option<Tensor<1>>,
     /// The bias on the host, kept with a host weight (for [`Linear::forward_host`]).
     host_bias: Option<Vec<f32>>,
+    /// Switchable LoRA updates, by adapter slot (empty without switchable adapters); the one
+    /// of the slot active on this thread ([`with_adapter_slot`]) is added to the output.
+    slots: Vec<Option<SlotUpdate>>,
+}
+
+/// A switchable adapter's update of one layer: on the host, and on the device for layers that
+/// multiply there.
+#[derive(Debug, Clone)]
+struct SlotUpdate {
+    delta: Arc<LoraDelta>,
+    /// `Aᵀ` `[in, r]` and `Bᵀ` `[r, out]` (scaled) as device tensors (tensor-path layers).
+    tensors: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+thread_local! {
+    static ACTIVE_SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with switchable adapter `slot` active for every [`Linear`] it runs on this thread
+/// (`None`: the base model). Sessions set it around their forward passes.
+pub(crate) fn with_adapter_slot<R>(slot: Option<usize>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTIVE_SLOT.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(ACTIVE_SLOT.with(|a| a.replace(slot)));
+    f()
+}
+
+/// The switchable adapter slot active on this thread.
+pub(crate) fn active_adapter_slot() -> Option<usize> {
+    ACTIVE_SLOT.with(|a| a.get())
 }
 
 /// A weight kept on the host and multiplied by kiln's CPU kernels.
@@ -144,6 +178,7 @@ impl Linear {
             Some(l) => l,
             None => Self::from_pytorch(store.read_f32(&name, &[d_out, d_in])?, d_in, d_out, device),
         };
+        let layer = layer.with_slots(store.slot_updates(&name, &[d_out, d_in])?, device);
         Ok(layer.with_bias(if bias {
             Some(store.take(&format!("{prefix}.bias"), [d_out], device)?)
         } else {
@@ -180,6 +215,7 @@ impl Linear {
             host: Some(Arc::new(w)),
             bias: None,
             host_bias: None,
+            slots: Vec::new(),
         }
     }
 
@@ -206,7 +242,7 @@ impl Linear {
         } else {
             let name = "lm_head.weight";
             match Self::load_host(store, name, vocab, hidden, head_q, device)? {
-                Some(l) => Ok(l),
+                Some(l) => Ok(l.with_slots(store.slot_updates(name, &[vocab, hidden])?, device)),
                 None => Self::load(store, "lm_head", hidden, vocab, false, device),
             }
         }
@@ -215,6 +251,19 @@ impl Linear {
     /// Loads a fused `{prefix}.weight` (`[sum(parts), in]`, e.g. Phi-3's `qkv_proj`) as one
     /// layer per block of rows, in order.
     pub fn load_split(
+        store: &mut WeightStore,
+        prefix: &str,
+        d_in: usize,
+        parts: &[usize],
+        device: &Device,
+    ) -> Result<Vec<Self>> {
+        let total: usize = parts.iter().sum();
+        let updates = store.slot_updates(&format!("{prefix}.weight"), &[total, d_in])?;
+        let layers = Self::load_split_parts(store, prefix, d_in, parts, device)?;
+        Ok(with_part_slots(layers, parts, &updates, device))
+    }
+
+    fn load_split_parts(
         store: &mut WeightStore,
         prefix: &str,
         d_in: usize,
@@ -271,6 +320,7 @@ impl Linear {
         device: &Device,
     ) -> Result<Vec<Self>> {
         let total: usize = parts.iter().sum();
+        let updates = store.slot_updates(&format!("{prefix}.weight"), &[d_in, total])?;
         let w = store.read_f32(&format!("{prefix}.weight"), &[d_in, total])?;
         let b = store.read_f32(&format!("{prefix}.bias"), &[total])?;
         let mut out = Vec::with_capacity(parts.len());
@@ -291,10 +341,11 @@ impl Linear {
                     device.floats(),
                 )),
                 host_bias: None,
+                slots: Vec::new(),
             });
             col += cols;
         }
-        Ok(out)
+        Ok(with_part_slots(out, parts, &updates, device))
     }
 
     /// Builds the layer from a row-major `[out, in]` host weight (as PyTorch stores it).
@@ -337,7 +388,36 @@ impl Linear {
             host: None,
             bias: None,
             host_bias: None,
+            slots: Vec::new(),
         }
+    }
+
+    /// Attaches switchable adapter updates, by slot (see [`WeightStore::slot_updates`]).
+    fn with_slots(mut self, updates: Vec<Option<Arc<LoraDelta>>>, device: &Device) -> Self {
+        if updates.iter().all(Option::is_none) {
+            return self;
+        }
+        let on_device = self.host.is_none();
+        self.slots = updates
+            .into_iter()
+            .map(|u| {
+                u.map(|delta| SlotUpdate {
+                    tensors: on_device.then(|| delta.device_tensors(device)),
+                    delta,
+                })
+            })
+            .collect();
+        self
+    }
+
+    /// The update of the switchable adapter active on this thread, if it changes this layer.
+    fn active_slot(&self) -> Option<&SlotUpdate> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        active_adapter_slot()
+            .and_then(|i| self.slots.get(i))
+            .and_then(Option::as_ref)
     }
 
     fn with_bias(mut self, bias: Option<Tensor<1>>) -> Self {
@@ -360,6 +440,9 @@ impl Linear {
             if let Some(b) = &l.host_bias {
                 y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
+            if let Some(u) = l.active_slot() {
+                u.delta.add_product(x, 1, y);
+            }
         }
         out
     }
@@ -378,6 +461,9 @@ impl Linear {
             return host_f32(self.forward(t));
         };
         let mut y = m.matmul_t(x, n);
+        if let Some(u) = self.active_slot() {
+            u.delta.add_product(x, n, &mut y);
+        }
         if let Some(b) = &self.host_bias {
             for row in y.chunks_mut(b.len().max(1)) {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -393,7 +479,10 @@ impl Linear {
             let [b, s, d] = x.dims();
             let device = x.device();
             let xs = host_f32(x);
-            let y = m.matmul_t(&xs, b * s);
+            let mut y = m.matmul_t(&xs, b * s);
+            if let Some(u) = self.active_slot() {
+                u.delta.add_product(&xs, b * s, &mut y);
+            }
             let [rows, cols] = m.shape();
             debug_assert_eq!(d, cols);
             let out = Tensor::<3>::from_data(
@@ -405,6 +494,15 @@ impl Linear {
                 None => out,
             };
         }
+        if let Some(u) = self.active_slot() {
+            let update = u.apply(x.clone());
+            return self.forward_weights(x) + update;
+        }
+        self.forward_weights(x)
+    }
+
+    /// The tensor-path product (device weights).
+    fn forward_weights(&self, x: Tensor<3>) -> Tensor<3> {
         match self.weight.as_slice() {
             [w] => module::linear(x, w.clone(), self.bias.clone()),
             parts => {
@@ -441,6 +539,48 @@ impl Linear {
     pub fn parts(&self) -> usize {
         self.weight.len().max(1)
     }
+}
+
+impl SlotUpdate {
+    /// `B (A x)` on the device. `x: [batch, seq, in]` → `[batch, seq, out]`.
+    fn apply(&self, x: Tensor<3>) -> Tensor<3> {
+        let (at, bt) = self
+            .tensors
+            .as_ref()
+            .expect("device layers keep their updates as tensors");
+        let [b, s, d] = x.dims();
+        let out = bt.dims()[1];
+        x.reshape([b * s, d])
+            .matmul(at.clone())
+            .matmul(bt.clone())
+            .reshape([b, s, out])
+    }
+}
+
+/// Gives each part of a fused weight (`parts` output rows each, in order) its share of the
+/// switchable updates of the whole.
+fn with_part_slots(
+    layers: Vec<Linear>,
+    parts: &[usize],
+    updates: &[Option<Arc<LoraDelta>>],
+    device: &Device,
+) -> Vec<Linear> {
+    if updates.iter().all(Option::is_none) {
+        return layers;
+    }
+    let mut row = 0;
+    layers
+        .into_iter()
+        .zip(parts)
+        .map(|(l, &rows)| {
+            let part = updates
+                .iter()
+                .map(|u| u.as_ref().map(|d| Arc::new(d.slice_out(row, row + rows))))
+                .collect();
+            row += rows;
+            l.with_slots(part, device)
+        })
+        .collect()
 }
 
 /// `w`, with its LoRA update kept apart when there is one.
