@@ -533,9 +533,9 @@ impl TraceOptions {
 pub struct Trace {
     /// The tokens run.
     pub ids: Vec<u32>,
-    /// Width of each hidden state.
+    /// Width of each hidden state (0 when hidden states were not recorded).
     pub hidden_size: usize,
-    /// Attention heads per layer.
+    /// Attention heads per layer (0 when attention weights were not recorded).
     pub heads: usize,
     /// `layers + 1` hidden states, each `[seq, hidden_size]` row-major, as transformers'
     /// `hidden_states`: the input of every layer (the first is the embedding output, scaled

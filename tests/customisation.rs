@@ -176,7 +176,8 @@ fn lora_adapters_match_peft() {
 
 #[test]
 fn lora_adapters_merge_into_quantized_weights() {
-    // Q8 weights quantized from the merged rows: close to peft's NLL, and not the base's.
+    // Q8 weights quantized from the merged rows: close to peft's NLL (Q8 itself moves the
+    // tiny fixtures' NLL by up to ~0.02).
     for (name, dir, exp) in adapters() {
         let base = fixtures_dir().join(&exp.base);
         let opts = LoadOptions::default()
@@ -186,8 +187,73 @@ fn lora_adapters_merge_into_quantized_weights() {
         let model = Model::load_with(&base, &Device::cpu(), opts).unwrap();
         let nll = mean(&model.token_nll(&exp.nll_ids).unwrap());
         eprintln!("{name} Q8: mean NLL {nll:.5} vs peft {:.5}", exp.mean_nll);
-        assert!((nll - exp.mean_nll).abs() < 0.02, "{name} Q8: {nll}");
+        assert!((nll - exp.mean_nll).abs() < 0.05, "{name} Q8: {nll}");
     }
+    // Exactly: quantizing at load with the adapter is quantizing the merged checkpoint
+    // (W + alpha/r · B A written out with safetensors).
+    let root = fixtures_dir();
+    let merged = common::TempDir::copy_of(&root.join("llama-f32"), "merged");
+    let lora = std::fs::read(root.join("lora-llama/adapter_model.safetensors")).unwrap();
+    let lora = safetensors::SafeTensors::deserialize(&lora).unwrap();
+    let get = |n: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = lora.tensor(n).unwrap();
+        let data = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (v.shape().to_vec(), data)
+    };
+    let scale = 8.0 / 4.0; // lora-llama: lora_alpha 8, r 4
+    let mut modules = 0;
+    common::rewrite_weights(merged.path(), |w| {
+        for name in lora.names() {
+            let Some(module) = name.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
+            let (ash, a) = get(name);
+            let (bsh, b) = get(&format!("{module}.lora_B.weight"));
+            let key = format!("{}.weight", module.trim_start_matches("base_model.model."));
+            let (shape, weight) = w.get_mut(&key).unwrap();
+            let (r, d_in, d_out) = (ash[0], ash[1], bsh[0]);
+            assert_eq!(shape, &vec![d_out, d_in]);
+            for o in 0..d_out {
+                for i in 0..d_in {
+                    let u: f32 = (0..r).map(|k| b[o * r + k] * a[k * d_in + i]).sum();
+                    weight[o * d_in + i] += scale * u;
+                }
+            }
+            modules += 1;
+        }
+    });
+    assert_eq!(modules, 14);
+    let q8 = || LoadOptions::default().quantize(Quantization::Q8);
+    let from_file = Model::load_with(merged.path(), &Device::cpu(), q8()).unwrap();
+    let at_load = Model::load_with(
+        root.join("llama-f32"),
+        &Device::cpu(),
+        q8().adapter_dir(root.join("lora-llama")).unwrap(),
+    )
+    .unwrap();
+    let ids = &adapters()
+        .into_iter()
+        .find(|(n, ..)| n == "lora-llama")
+        .unwrap()
+        .2
+        .prompt_ids;
+    let (a, b) = (
+        from_file.forward_logits(ids).unwrap(),
+        at_load.forward_logits(ids).unwrap(),
+    );
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| max_abs_diff(x, y))
+        .fold(0f32, f32::max);
+    assert!(
+        d < 1e-3,
+        "Q8 of the merged file vs Q8 with the adapter: {d}"
+    );
 }
 
 #[test]

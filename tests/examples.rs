@@ -538,6 +538,27 @@ fn generate_with_an_adapter_and_logprobs() {
             .all(|t| t["id"].is_u64() && t["logprob"].is_f64() && t["text"].is_string()));
         assert_eq!(top[0]["id"], w["top"][0]["id"]);
     }
+    // perplexity takes --adapter too: peft's mean NLL.
+    let base = common::fixtures_dir().join("llama-f32");
+    let out = example("perplexity")
+        .arg("--model")
+        .arg(&base)
+        .arg("--adapter")
+        .arg(&dir)
+        .arg("--file")
+        .arg(base.join("paragraph.txt"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = (got["mean_nll"].as_f64().unwrap() - exp["mean_nll"].as_f64().unwrap()).abs();
+    assert!(
+        d < 1e-3,
+        "perplexity --adapter: {} vs {}",
+        got["mean_nll"],
+        exp["mean_nll"]
+    );
     // Without --logprobs the field is absent.
     let out = example("generate")
         .arg("--model")

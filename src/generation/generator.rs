@@ -97,8 +97,9 @@ pub(crate) struct Decoding {
     pub(crate) generated: usize,
     /// The last picked token's log-probabilities, until [`Decoding::accept`] takes them.
     pending_logprobs: Option<TokenLogprobs>,
-    /// The tokenizer, for the alternatives' text.
-    tokenizer: Option<crate::tokenizer::Tokenizer>,
+    /// The model (a shared handle), for the alternatives' text, when log-probabilities are
+    /// asked for.
+    model: Option<Model>,
 }
 
 impl Decoding {
@@ -127,7 +128,7 @@ impl Decoding {
             finish: (cfg.max_new_tokens == 0).then_some(FinishReason::Length),
             generated: 0,
             pending_logprobs: None,
-            tokenizer: cfg.logprobs.and_then(|_| model.tokenizer().ok().cloned()),
+            model: cfg.logprobs.map(|_| model.clone()),
         })
     }
 
@@ -154,7 +155,7 @@ impl Decoding {
                 &raw,
                 id,
                 n,
-                self.tokenizer.as_ref(),
+                self.model.as_ref().and_then(|m| m.tokenizer().ok()),
                 history.last().copied(),
             ));
         }
