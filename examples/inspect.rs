@@ -292,8 +292,8 @@ fn html_page(
         let _ = write!(h, "<th class=c>{}</th>", escape(&clip(&show(l), 12)));
     }
     h.push_str("</tr>");
-    for q in 0..n {
-        let _ = write!(h, "<tr><th>{}</th>", escape(&clip(&show(&labels[q]), 12)));
+    for (q, label) in labels.iter().enumerate().take(n) {
+        let _ = write!(h, "<tr><th>{}</th>", escape(&clip(&show(label), 12)));
         for k in 0..n {
             let w: f32 = (0..trace.heads)
                 .filter_map(|head| trace.attention(layer, head, q).map(|row| row[k]))
