@@ -29,8 +29,9 @@ struct Args {
     /// Greedy tokens to generate after the text (shown the same way, marked as generated).
     #[arg(long, default_value_t = 0)]
     generate: usize,
-    /// Write an HTML page: tokens coloured by probability (hover for alternatives) and the
-    /// attention weights of one layer (averaged over heads) as a heatmap.
+    /// Write an HTML page: tokens coloured by probability (hover for alternatives), the
+    /// attention weights of one layer (averaged over heads) as a heatmap, and the size (L2
+    /// norm) of every hidden state, layer by layer.
     #[arg(long, value_name = "FILE")]
     html: Option<std::path::PathBuf>,
     /// The layer whose attention the HTML page shows (default: the last).
@@ -118,13 +119,7 @@ fn run(args: Args) -> kiln::Result<()> {
         } else {
             session.tokens().to_vec()
         };
-        let trace = model.trace_ids(
-            &all,
-            TraceOptions {
-                hidden_states: false,
-                attentions: true,
-            },
-        )?;
+        let trace = model.trace_ids(&all, TraceOptions::all())?;
         let layers = trace.attentions.len();
         let layer = args.layer.unwrap_or(layers.saturating_sub(1));
         if layer >= layers {
@@ -304,6 +299,37 @@ fn html_page(
                 h,
                 "<td style=\"background:hsl(220,60%,{shade:.0}%)\" title=\"{:.3}\"></td>",
                 w
+            );
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    // Hidden states: how large each position's residual stream is after each layer.
+    let _ = write!(
+        h,
+        "<h2>Hidden states</h2><p>L2 norm of each position's hidden state: row 0 is the \
+         embedding output, row i the state after i layers (the last after the final norm); \
+         darker = larger, per row.</p><table><tr><th></th>"
+    );
+    for l in labels {
+        let _ = write!(h, "<th class=c>{}</th>", escape(&clip(&show(l), 12)));
+    }
+    h.push_str("</tr>");
+    for i in 0..trace.hidden_states.len() {
+        let norms: Vec<f32> = (0..n)
+            .map(|p| {
+                trace
+                    .hidden(i, p)
+                    .map_or(0.0, |v| v.iter().map(|x| x * x).sum::<f32>().sqrt())
+            })
+            .collect();
+        let max = norms.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+        let _ = write!(h, "<tr><th>{i}</th>");
+        for v in norms {
+            let shade = 100.0 - 70.0 * (v / max).clamp(0.0, 1.0);
+            let _ = write!(
+                h,
+                "<td style=\"background:hsl(30,70%,{shade:.0}%)\" title=\"{v:.3}\"></td>"
             );
         }
         h.push_str("</tr>");

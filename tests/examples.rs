@@ -609,6 +609,7 @@ fn inspect_reports_token_probabilities() {
     assert!(rows.iter().all(|r| r["top"].as_array().unwrap().len() == 2));
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<table>") && page.contains("Attention, layer 1"));
+    assert!(page.contains("Hidden states"));
     // A layer the model lacks is an error naming the flag.
     let out = example("inspect")
         .arg("--model")
