@@ -390,8 +390,7 @@ impl Attention {
             let inv = 1.0 / sum;
             for (t, p) in scores.iter().enumerate() {
                 let vt = &values[t * width + off..t * width + off + head_dim];
-                let w = p * inv;
-                o.iter_mut().zip(vt).for_each(|(o, v)| *o += w * v);
+                crate::nn::host::axpy(o, p * inv, vt);
             }
         };
         // Parallel over heads once the cache makes it worth the tasks.

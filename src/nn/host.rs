@@ -297,9 +297,37 @@ pub(crate) fn blocked_gemm(
     SCRATCH.with(|s| *s.borrow_mut() = block);
 }
 
-/// `Σ a·b` over f32 slices of equal length, in 8 independent lanes so that the compiler
-/// vectorises it (one running sum would serialise every addition).
+/// Whether this CPU has AVX2 and FMA (checked once; the standard library caches it).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// `Σ a·b` over f32 slices of equal length (attention scores, LoRA projections): AVX2/FMA
+/// where the CPU has them (the crate is built for baseline x86-64, whose SSE2 code would run
+/// at half the width), else portable code.
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { x86::dot_f32_impl(a, b) };
+    }
+    dot_f32_portable(a, b)
+}
+
+/// `y += a·x` over f32 slices of equal length (attention's weighted sum of values).
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { x86::axpy_impl(y, a, x) };
+    }
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// [`dot_f32`] in 8 independent lanes so that the compiler vectorises it (one running sum
+/// would serialise every addition).
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -459,6 +487,50 @@ mod x86 {
         sum
     }
 
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_f32_impl(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), s0);
+            s1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(ap.add(i + 8)),
+                _mm256_loadu_ps(bp.add(i + 8)),
+                s1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), s0);
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            sum += a[i] * b[i];
+            i += 1;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
+            _mm256_storeu_ps(yp.add(i), v);
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * x[i];
+            i += 1;
+        }
+    }
+
     pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
         // SAFETY: only handed out by dot_fn after detecting avx2, fma and f16c.
         unsafe { dot_f16_impl(w, x) }
@@ -484,6 +556,22 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn f32_kernels_match_portable_code() {
+        for n in [0, 1, 7, 8, 15, 16, 17, 64, 77] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot_f32(&a, &b) as f64 - want).abs() < 1e-4, "dot n={n}");
+            assert!((dot_f32_portable(&a, &b) as f64 - want).abs() < 1e-4);
+            let mut y = b.clone();
+            axpy(&mut y, 0.5, &a);
+            for i in 0..n {
+                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "axpy n={n}");
+            }
+        }
     }
 
     #[test]
