@@ -85,16 +85,7 @@ impl WeightStore {
             }
             found
         };
-        let mut store = WeightStore {
-            root: dir.to_path_buf(),
-            files: Vec::new(),
-            entries: HashMap::new(),
-            taken: HashSet::new(),
-            quantize: None,
-            adapter: None,
-            adapted: HashSet::new(),
-            slots: Vec::new(),
-        };
+        let mut store = WeightStore::empty(dir);
         for path in paths {
             store.add_file(path)?;
         }
@@ -103,8 +94,15 @@ impl WeightStore {
 
     /// Opens one safetensors file (an adapter's weights).
     pub fn open_file(path: &Path) -> Result<Self> {
-        let mut store = WeightStore {
-            root: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        let mut store = WeightStore::empty(path.parent().unwrap_or(Path::new(".")));
+        store.add_file(path.to_path_buf())?;
+        Ok(store)
+    }
+
+    /// A store of no files yet, for the folder `root`.
+    fn empty(root: &Path) -> Self {
+        WeightStore {
+            root: root.to_path_buf(),
             files: Vec::new(),
             entries: HashMap::new(),
             taken: HashSet::new(),
@@ -112,9 +110,7 @@ impl WeightStore {
             adapter: None,
             adapted: HashSet::new(),
             slots: Vec::new(),
-        };
-        store.add_file(path.to_path_buf())?;
-        Ok(store)
+        }
     }
 
     /// The names of every tensor in the files, sorted.
