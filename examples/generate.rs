@@ -37,14 +37,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    let prompt = match (&args.prompt, &args.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| kiln::Error::Io {
-            path: f.clone(),
-            source: e,
-        })?,
-        (None, None) => "Once upon a time".to_string(),
-    };
+    let prompt = common::prompt_text(&args.prompt, &args.prompt_file, "Once upon a time")?;
     let dir = args.common.model_dir()?;
     let model = args.common.load_model(&dir, &device)?;
     let mut cfg = args.sampling.config(&model)?;

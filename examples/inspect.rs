@@ -56,14 +56,11 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> kiln::Result<()> {
     let device = args.common.device()?;
-    let text = match (&args.prompt, &args.prompt_file) {
-        (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| kiln::Error::Io {
-            path: f.clone(),
-            source: e,
-        })?,
-        (None, None) => "The quick brown fox jumps over the lazy dog".to_string(),
-    };
+    let text = common::prompt_text(
+        &args.prompt,
+        &args.prompt_file,
+        "The quick brown fox jumps over the lazy dog",
+    )?;
     let model = args.common.load_model(args.common.model_dir()?, &device)?;
     let tok = model.tokenizer()?;
     let ids = model.encode(&text)?;

@@ -122,6 +122,22 @@ impl SamplingArgs {
     }
 }
 
+/// The text of `--prompt` or `--prompt-file`, else `default`.
+pub fn prompt_text(
+    prompt: &Option<String>,
+    file: &Option<PathBuf>,
+    default: &str,
+) -> kiln::Result<String> {
+    match (prompt, file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| kiln::Error::Io {
+            path: f.clone(),
+            source: e,
+        }),
+        (None, None) => Ok(default.to_string()),
+    }
+}
+
 /// The checkpoint used when no --model is given.
 pub fn default_model_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama-f32")
