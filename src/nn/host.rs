@@ -57,6 +57,9 @@ impl std::fmt::Debug for HalfMatrix {
 
 /// Output rows per parallel task in the GEMV path.
 const ROWS_PER_TASK: usize = 64;
+/// Weight bytes a parallel task of [`for_row_ranges`] aims to stream: small tasks spend a
+/// visible share of their time being scheduled (a 64-row task of 4-bit rows is 2 µs).
+const TASK_BYTES: usize = 256 << 10;
 /// Weight rows widened at once in the GEMM path.
 const GEMM_BLOCK: usize = 1024;
 /// Activation rows from which the GEMM path is taken.
@@ -180,16 +183,21 @@ impl HalfMatrix {
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let w = self.bits();
         let dot = dot_fn(kind);
-        for_each_output(rows, n, y, |r, j| {
+        for_each_output(rows, 2 * cols, n, y, |r, j| {
             dot(&w[r * cols..(r + 1) * cols], &x[j * cols..(j + 1) * cols])
         });
     }
 
-    /// Row `r`'s dot product with one activation row `x` (`cols` values), for
-    /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
-    pub(crate) fn row_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
+    /// Fills `out` with rows `r0..r0 + out.len()` dotted with one activation row `x` (`cols`
+    /// values), for [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
+    pub(crate) fn rows_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
         let (cols, dot, w) = (self.cols, dot_fn(self.kind), self.bits());
-        move |r| dot(&w[r * cols..(r + 1) * cols], x)
+        move |r0, out| {
+            let rows = w[r0 * cols..(r0 + out.len()) * cols].chunks_exact(cols);
+            for (o, row) in out.iter_mut().zip(rows) {
+                *o = dot(row, x);
+            }
+        }
     }
 
     /// Many activation rows: widen a block of weight rows to f32, then an f32 GEMM per block.
@@ -207,10 +215,18 @@ impl HalfMatrix {
 /// weight rows, so a weight row is read once from memory for all of them.
 pub(crate) fn for_each_output(
     rows: usize,
+    row_bytes: usize,
     n: usize,
     y: &mut [f32],
     value: impl Fn(usize, usize) -> f32 + Sync,
 ) {
+    if n == 1 {
+        return for_row_ranges(y, row_bytes, |r0, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = value(r0 + i, 0);
+            }
+        });
+    }
     // Results per task are written as [task rows, n] then scattered into y [n, rows].
     let mut out = vec![0f32; rows * n];
     out.par_chunks_mut(ROWS_PER_TASK * n)
@@ -228,6 +244,22 @@ pub(crate) fn for_each_output(
             y[j * rows + r] = out[r * n + j];
         }
     }
+}
+
+/// Fills `y` (one activation row's outputs) in parallel tasks of consecutive rows: `fill(r0,
+/// out)` writes rows `r0..r0 + out.len()`. Tasks stream about [`TASK_BYTES`] of weights
+/// (`row_bytes` per row) while leaving each thread at least 8 to balance the load.
+pub(crate) fn for_row_ranges(
+    y: &mut [f32],
+    row_bytes: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let by_bytes = TASK_BYTES / row_bytes.max(1);
+    let balanced = y.len() / (8 * rayon::current_num_threads());
+    let rows = by_bytes.min(balanced).max(16);
+    y.par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(t, out)| fill(t * rows, out));
 }
 
 /// `y = x · Wᵀ` (`x: [n, cols]`, `y: [n, rows]`) for a weight produced row by row by `fill`

@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::loading::LoraDelta;
 use crate::loading::WeightStore;
+use crate::nn::quant::QActs;
 use crate::nn::{HalfMatrix, QuantMatrix, Quantization};
 
 /// `y = x Wᵀ + b`, with `W` stored transposed (`[in, out]`) so the matmul reads it row-major.
@@ -99,32 +100,67 @@ impl HostWeight {
     /// parallel pass over all their rows (a decode step's q/k/v or gate/up projections: one
     /// round of thread synchronisation instead of one per matrix).
     pub fn gemv_many(weights: &[&HostWeight], x: &[f32]) -> Vec<Vec<f32>> {
+        let bases: Vec<(&HostWeight, Option<&Arc<LoraDelta>>)> = weights
+            .iter()
+            .map(|w| match w {
+                HostWeight::Adapted(base, d) => (base.as_ref(), Some(d)),
+                other => (*other, None),
+            })
+            .collect();
+        // The activation row quantized once per quantization kind among the weights.
+        let mut acts: Vec<QActs> = Vec::new();
+        for (base, _) in &bases {
+            if let HostWeight::Quant(m) = base {
+                if !acts.iter().any(|a| a.kind() == m.kind()) {
+                    acts.push(m.quantize_row(x));
+                }
+            }
+        }
         // One segment of rows per weight, plus one per LoRA update for its `A x` rows; the
         // updates' `B (A x)` are added after the pass.
-        let mut dots: Vec<Box<dyn Fn(usize) -> f32 + Sync + '_>> = Vec::new();
+        type RowsDot<'a> = Box<dyn Fn(usize, &mut [f32]) + Sync + 'a>;
+        let mut dots: Vec<RowsDot<'_>> = Vec::new();
         let mut ends = Vec::new();
         let mut total = 0;
         let mut deltas = Vec::new();
-        for w in weights {
-            let (base, delta) = match w {
-                HostWeight::Adapted(base, d) => (base.as_ref(), Some(d)),
-                other => (*other, None),
-            };
-            dots.push(base.row_dot(x));
+        for (base, delta) in &bases {
+            dots.push(match base {
+                HostWeight::Half(m) => Box::new(m.rows_dot(x)),
+                HostWeight::Quant(m) => {
+                    let a = acts.iter().find(|a| a.kind() == m.kind());
+                    Box::new(m.rows_dot(a.expect("quantized above")))
+                }
+                HostWeight::Adapted(..) => unreachable!("adapters do not nest"),
+            });
             total += base.shape()[0];
             ends.push(total);
             if let Some(d) = delta {
-                dots.push(Box::new(move |k| crate::nn::host::dot_f32(d.a_row(k), x)));
-                deltas.push((total, d));
+                dots.push(Box::new(move |k0, out: &mut [f32]| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = crate::nn::host::dot_f32(d.a_row(k0 + i), x);
+                    }
+                }));
+                deltas.push((total, *d));
                 total += d.rank();
                 ends.push(total);
             }
         }
         let mut y = vec![0f32; total];
-        crate::nn::host::for_each_output(total, 1, &mut y, |r, _| {
-            let i = ends.partition_point(|&e| e <= r);
-            let first = if i == 0 { 0 } else { ends[i - 1] };
-            dots[i](r - first)
+        let row_bytes = bases
+            .iter()
+            .map(|(b, _)| b.byte_len() / b.shape()[0].max(1));
+        let row_bytes = row_bytes.max().unwrap_or(0);
+        crate::nn::host::for_row_ranges(&mut y, row_bytes, |r0, out| {
+            // The task's rows may span several segments.
+            let (mut r, mut out) = (r0, out);
+            while !out.is_empty() {
+                let i = ends.partition_point(|&e| e <= r);
+                let first = if i == 0 { 0 } else { ends[i - 1] };
+                let (part, rest) = out.split_at_mut((ends[i] - r).min(out.len()));
+                dots[i](r - first, part);
+                r += part.len();
+                out = rest;
+            }
         });
         let mut out = Vec::with_capacity(weights.len());
         let mut at = 0;
@@ -140,16 +176,6 @@ impl HostWeight {
             out.push(v);
         }
         out
-    }
-
-    /// Row `r`'s dot product with one activation row `x` (a LoRA update's part is added by
-    /// [`HostWeight::gemv_many`]).
-    fn row_dot<'a>(&'a self, x: &'a [f32]) -> Box<dyn Fn(usize) -> f32 + Sync + 'a> {
-        match self {
-            HostWeight::Half(m) => Box::new(m.row_dot(x)),
-            HostWeight::Quant(m) => Box::new(m.row_dot(x)),
-            HostWeight::Adapted(w, _) => w.row_dot(x),
-        }
     }
 
     /// Bytes of weight data.

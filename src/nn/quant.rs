@@ -1,10 +1,11 @@
 //! In-situ quantization at load: weights rounded to 8-bit (`Q8`) or 4-bit (`Q4`) integers in
-//! blocks of 32 along each row, one f32 scale per block (symmetric, like llama.cpp's Q8_0 and
+//! blocks of 32 along each row, one f16 scale per block (symmetric, like llama.cpp's Q8_0 and
 //! Q4_0), multiplied on the CPU by kiln's own kernels.
 //!
 //! Decode (a few activation rows): each activation row is itself quantized to 8 bits per block
-//! of 32 and the products are integer dot products (AVX2 `maddubs`/`madd`, portable code
-//! elsewhere) scaled per block, reading 1.125 (Q8) or 0.625 (Q4) bytes per weight. Prefill
+//! of 32 and the products are integer dot products (AVX-512 VNNI `dpbusd` or AVX2
+//! `maddubs`/`madd`, portable code elsewhere) scaled per block, reading 1.0625 (Q8) or 0.5625
+//! (Q4) bytes per weight. Prefill
 //! (many rows): a block of weight rows is dequantized to f32 and multiplied by an f32 GEMM, so
 //! activations stay f32 there.
 
@@ -16,9 +17,9 @@ pub const QBLOCK: usize = 32;
 /// How weights are quantized at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantization {
-    /// 8-bit integers per block of 32, one scale each (1.125 bytes per weight).
+    /// 8-bit integers per block of 32, one f16 scale each (1.0625 bytes per weight).
     Q8,
-    /// 4-bit integers per block of 32, one scale each (0.625 bytes per weight).
+    /// 4-bit integers per block of 32, one f16 scale each (0.5625 bytes per weight).
     Q4,
 }
 
@@ -55,8 +56,8 @@ pub struct QuantMatrix {
     /// `q + 8`. Unsigned storage lets the integer kernels multiply unsigned weights by signed
     /// activations directly and subtract `offset · Σx` per block afterwards.
     qs: Vec<u8>,
-    /// One per block, row-major (`rows · cols / QBLOCK`).
-    scales: Vec<f32>,
+    /// One per block, row-major (`rows · cols / QBLOCK`), as f16 bits.
+    scales: Vec<u16>,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -104,7 +105,7 @@ impl QuantMatrix {
             Quantization::Q4 => QBLOCK / 2,
         };
         let mut qs = vec![0u8; rows * bpr * bytes_per_block];
-        let mut scales = vec![0f32; rows * bpr];
+        let mut scales = vec![0u16; rows * bpr];
         qs.par_chunks_mut(bpr * bytes_per_block)
             .zip(scales.par_chunks_mut(bpr))
             .enumerate()
@@ -147,7 +148,7 @@ impl QuantMatrix {
 
     /// Bytes held (integers and scales).
     pub fn byte_len(&self) -> usize {
-        self.qs.len() + 4 * self.scales.len()
+        self.qs.len() + 2 * self.scales.len()
     }
 
     /// Row `r` dequantized into `out` (`cols` values).
@@ -155,7 +156,7 @@ impl QuantMatrix {
         let bpr = self.cols / QBLOCK;
         for (b, dst) in out.chunks_mut(QBLOCK).enumerate() {
             let block = r * bpr + b;
-            let d = self.scales[block];
+            let d = half::f16::from_bits(self.scales[block]).to_f32();
             match self.kind {
                 Quantization::Q8 => {
                     let q = &self.qs[block * QBLOCK..(block + 1) * QBLOCK];
@@ -189,22 +190,39 @@ impl QuantMatrix {
         y
     }
 
-    /// Row `r`'s dot product with one activation row `x` (`cols` values; quantized once
-    /// here), for [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
-    pub(crate) fn row_dot<'a>(&'a self, x: &[f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
-        let (xq, xd, xc) = self.quantize_activations(x, 1);
+    /// One activation row `x` (`cols` values) quantized for [`QuantMatrix::rows_dot`]; the
+    /// same for every matrix of this kind and width.
+    pub(crate) fn quantize_row(&self, x: &[f32]) -> QActs {
+        QActs::new(self.kind, x, 1, self.cols)
+    }
+
+    /// Fills `out` with rows `r0..r0 + out.len()` dotted with the activation row `acts` (from
+    /// [`QuantMatrix::quantize_row`] of a matrix of this kind and width), for
+    /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
+    pub(crate) fn rows_dot<'a>(
+        &'a self,
+        acts: &'a QActs,
+    ) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
+        assert!(
+            acts.kind == self.kind && acts.cols == self.cols,
+            "rows_dot: activations"
+        );
         let bpr = self.cols / QBLOCK;
         let bytes = bpr * self.bytes_per_block();
         let dot = block_dot_fn(self.kind);
-        move |r| {
-            dot(
-                &self.qs[r * bytes..(r + 1) * bytes],
-                &self.scales[r * bpr..(r + 1) * bpr],
-                &xq,
-                &xd,
-                &xc,
-            )
+        let (xq, xd, xc) = acts.row(0);
+        move |r0, out| {
+            let rows = self.qs[r0 * bytes..(r0 + out.len()) * bytes].chunks_exact(bytes);
+            let scales = self.scales[r0 * bpr..].chunks_exact(bpr);
+            for ((o, q), d) in out.iter_mut().zip(rows).zip(scales) {
+                *o = dot(q, d, xq, xd, xc);
+            }
         }
+    }
+
+    /// Bytes of one row (integers and scales).
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.cols / QBLOCK * (self.bytes_per_block() + 2)
     }
 
     fn bytes_per_block(&self) -> usize {
@@ -214,51 +232,19 @@ impl QuantMatrix {
         }
     }
 
-    /// `n` activation rows quantized to 8 bits per block, as the weights are laid out: values,
-    /// scales, and per group of 4 values −offset · their sum. The kernels start their integer
-    /// sums there, which removes what the unsigned weight storage adds, exactly (in f32 it
-    /// would cancel catastrophically).
-    fn quantize_activations(&self, x: &[f32], n: usize) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
-        let cols = self.cols;
-        let bpr = cols / QBLOCK;
-        let offset = match self.kind {
-            Quantization::Q8 => 128,
-            Quantization::Q4 => 8,
-        };
-        let mut xq = vec![0i8; n * cols];
-        let mut xd = vec![0f32; n * bpr];
-        for ((q, d), src) in xq
-            .chunks_mut(QBLOCK)
-            .zip(xd.iter_mut())
-            .zip(x.chunks(QBLOCK))
-        {
-            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            *d = amax / 127.0;
-            let inv = if *d > 0.0 { 1.0 / *d } else { 0.0 };
-            for (o, v) in q.iter_mut().zip(src) {
-                *o = round(v * inv).clamp(-127, 127) as i8;
-            }
-        }
-        let xc: Vec<i32> = xq
-            .chunks(4)
-            .map(|g| -offset * g.iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
-        (xq, xd, xc)
-    }
-
     fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
-        let (rows, cols) = (self.rows, self.cols);
-        let bpr = cols / QBLOCK;
-        let (xq, xd, xc) = self.quantize_activations(x, n);
+        let bpr = self.cols / QBLOCK;
+        let acts = QActs::new(self.kind, x, n, self.cols);
         let dot = block_dot_fn(self.kind);
-        let bytes_per_block = self.bytes_per_block();
-        crate::nn::host::for_each_output(rows, n, y, |r, j| {
+        let bytes = bpr * self.bytes_per_block();
+        crate::nn::host::for_each_output(self.rows, self.row_bytes(), n, y, |r, j| {
+            let (xq, xd, xc) = acts.row(j);
             dot(
-                &self.qs[r * bpr * bytes_per_block..(r + 1) * bpr * bytes_per_block],
+                &self.qs[r * bytes..(r + 1) * bytes],
                 &self.scales[r * bpr..(r + 1) * bpr],
-                &xq[j * cols..(j + 1) * cols],
-                &xd[j * bpr..(j + 1) * bpr],
-                &xc[j * cols / 4..(j + 1) * cols / 4],
+                xq,
+                xd,
+                xc,
             )
         });
     }
@@ -270,9 +256,116 @@ impl QuantMatrix {
     }
 }
 
+/// Activation rows quantized to 8 bits per block of [`QBLOCK`] for the block kernels: values,
+/// f32 scales, and per lane of the kernels' i32 sums −offset × the sum of the activations that
+/// lane multiplies. The kernels start their integer sums there, which removes what the
+/// unsigned weight storage adds, exactly (in f32 it would cancel catastrophically).
+///
+/// Q8 keeps each block's 32 values in order (8 lanes of 4 per block). Q4 interleaves each pair
+/// of blocks `b, b+1` as the weights' nibbles come out of one 32-byte load:
+/// `[x_b[0..16], x_b+1[0..16], x_b[16..32], x_b+1[16..32]]`, with 8 lanes per pair (4 per
+/// block); an odd last block keeps its order and 8 lanes of its own.
+pub(crate) struct QActs {
+    kind: Quantization,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    c: Vec<i32>,
+    cols: usize,
+    c_len: usize,
+}
+
+impl QActs {
+    fn new(kind: Quantization, x: &[f32], n: usize, cols: usize) -> Self {
+        let bpr = cols / QBLOCK;
+        let (offset, c_len) = match kind {
+            Quantization::Q8 => (128, bpr * 8),
+            Quantization::Q4 => (8, bpr.div_ceil(2) * 8),
+        };
+        let mut q = vec![0i8; n * cols];
+        let mut d = vec![0f32; n * bpr];
+        let mut c = vec![0i32; n * c_len];
+        let mut pair = [0i8; 2 * QBLOCK];
+        for j in 0..n {
+            let qr = &mut q[j * cols..(j + 1) * cols];
+            for ((qb, db), src) in qr
+                .chunks_mut(QBLOCK)
+                .zip(&mut d[j * bpr..(j + 1) * bpr])
+                .zip(x[j * cols..(j + 1) * cols].chunks(QBLOCK))
+            {
+                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+                *db = amax / 127.0;
+                let inv = if *db > 0.0 { 1.0 / *db } else { 0.0 };
+                for (o, v) in qb.iter_mut().zip(src) {
+                    *o = round(v * inv).clamp(-127, 127) as i8;
+                }
+            }
+            let cr = &mut c[j * c_len..(j + 1) * c_len];
+            let group = |g: &[i8]| -offset * g.iter().map(|&v| v as i32).sum::<i32>();
+            match kind {
+                Quantization::Q8 => {
+                    for (o, g) in cr.iter_mut().zip(qr.chunks(4)) {
+                        *o = group(g);
+                    }
+                }
+                Quantization::Q4 => {
+                    let h = QBLOCK / 2;
+                    for (unit, lanes) in qr.chunks_mut(2 * QBLOCK).zip(cr.chunks_mut(8)) {
+                        if unit.len() == 2 * QBLOCK {
+                            pair.copy_from_slice(unit);
+                            let (a, b) = pair.split_at(QBLOCK);
+                            unit[..h].copy_from_slice(&a[..h]);
+                            unit[h..2 * h].copy_from_slice(&b[..h]);
+                            unit[2 * h..3 * h].copy_from_slice(&a[h..]);
+                            unit[3 * h..].copy_from_slice(&b[h..]);
+                            for (l, o) in lanes.iter_mut().enumerate() {
+                                *o = group(&unit[4 * l..4 * l + 4])
+                                    + group(&unit[QBLOCK + 4 * l..QBLOCK + 4 * l + 4]);
+                            }
+                        } else {
+                            for (o, g) in lanes.iter_mut().zip(unit.chunks(4)) {
+                                *o = group(g);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            kind,
+            q,
+            d,
+            c,
+            cols,
+            c_len,
+        }
+    }
+
+    /// The weights' quantization these activations are laid out for.
+    pub(crate) fn kind(&self) -> Quantization {
+        self.kind
+    }
+
+    /// Row `j`'s values, scales and lane starts.
+    fn row(&self, j: usize) -> (&[i8], &[f32], &[i32]) {
+        let bpr = self.cols / QBLOCK;
+        (
+            &self.q[j * self.cols..(j + 1) * self.cols],
+            &self.d[j * bpr..(j + 1) * bpr],
+            &self.c[j * self.c_len..(j + 1) * self.c_len],
+        )
+    }
+}
+
+/// A block scale as f16 bits and the f32 value those bits hold (clamped to f16's range; no
+/// weight block comes near it).
+fn f16_scale(d: f32) -> (u16, f32) {
+    let h = half::f16::from_f32(d.min(65504.0));
+    (h.to_bits(), h.to_f32())
+}
+
 /// Quantizes one block of [`QBLOCK`] values into `q` (stored unsigned, see [`QuantMatrix`]);
 /// returns its scale. AVX2 where the CPU has it (the same arithmetic, so the same bytes).
-fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -282,25 +375,25 @@ fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
     quantize_block_portable(kind, src, q)
 }
 
-fn quantize_block_portable(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+fn quantize_block_portable(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
     let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     match kind {
         Quantization::Q8 => {
-            let d = amax / 127.0;
+            let (bits, d) = f16_scale(amax / 127.0);
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (o, v) in q.iter_mut().zip(src) {
                 *o = (round(v * inv).clamp(-127, 127) + 128) as u8;
             }
-            d
+            bits
         }
         Quantization::Q4 => {
-            let d = amax / 7.0;
+            let (bits, d) = f16_scale(amax / 7.0);
             let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
             let level = |v: f32| (round(v * inv).clamp(-8, 7) + 8) as u8;
             for j in 0..QBLOCK / 2 {
                 q[j] = level(src[j]) | (level(src[j + QBLOCK / 2]) << 4);
             }
-            d
+            bits
         }
     }
 }
@@ -313,24 +406,22 @@ fn round(v: f32) -> i32 {
     (v + 0.5f32.copysign(v)) as i32
 }
 
-/// Σ over blocks of `wd[b] · xd[b] · Σ q·xq` (the signed weights). `xc` holds, per group of 4
-/// activations, −offset × their sum (8 per block), for kernels that multiply the stored
-/// unsigned values.
-type BlockDot = fn(&[u8], &[f32], &[i8], &[f32], &[i32]) -> f32;
+/// Σ over blocks of `wd[b] · xd[b] · Σ q·xq` (the signed weights; `wd` as f16 bits), with
+/// the activations laid out as [`QActs`] describes (`xc`: the lanes' starts, for kernels that
+/// multiply the stored unsigned values).
+type BlockDot = fn(&[u8], &[u16], &[i8], &[f32], &[i32]) -> f32;
 
 fn block_dot_fn(kind: Quantization) -> BlockDot {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            return match kind {
-                Quantization::Q8 => x86::dot_q8_vnni,
-                Quantization::Q4 => x86::dot_q4_vnni,
-            };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
+            if has!("avx512vnni") && has!("avx512vl") {
+                return match kind {
+                    Quantization::Q8 => x86::dot_q8_vnni,
+                    Quantization::Q4 => x86::dot_q4_vnni,
+                };
+            }
             return match kind {
                 Quantization::Q8 => x86::dot_q8,
                 Quantization::Q4 => x86::dot_q4,
@@ -343,7 +434,11 @@ fn block_dot_fn(kind: Quantization) -> BlockDot {
     }
 }
 
-fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
+fn scale(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+fn dot_q8_portable(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
     let mut sum = 0f32;
     for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
         let w = &wq[b * QBLOCK..(b + 1) * QBLOCK];
@@ -353,23 +448,31 @@ fn dot_q8_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f
             .zip(x)
             .map(|(&a, &c)| (a as i32 - 128) * c as i32)
             .sum();
-        sum += dw * dx * acc as f32;
+        sum += scale(dw) * dx * acc as f32;
     }
     sum
 }
 
-fn dot_q4_portable(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
+fn dot_q4_portable(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], _: &[i32]) -> f32 {
     let mut sum = 0f32;
     let half = QBLOCK / 2;
-    for (b, (&dw, &dx)) in wd.iter().zip(xd).enumerate() {
+    let blocks = wd.len().min(xd.len());
+    for b in 0..blocks {
         let w = &wq[b * half..(b + 1) * half];
-        let x = &xq[b * QBLOCK..(b + 1) * QBLOCK];
+        // Where block b's activations j and j + 16 sit (see QActs).
+        let paired = b / 2 * 2 + 1 < blocks;
+        let lo = if paired {
+            b / 2 * 2 * QBLOCK + b % 2 * half
+        } else {
+            b * QBLOCK
+        };
+        let hi = if paired { lo + QBLOCK } else { lo + half };
         let mut acc = 0i32;
         for j in 0..half {
-            acc += ((w[j] & 0x0F) as i32 - 8) * x[j] as i32;
-            acc += ((w[j] >> 4) as i32 - 8) * x[j + half] as i32;
+            acc += ((w[j] & 0x0F) as i32 - 8) * xq[lo + j] as i32;
+            acc += ((w[j] >> 4) as i32 - 8) * xq[hi + j] as i32;
         }
-        sum += dw * dx * acc as f32;
+        sum += scale(wd[b]) * xd[b] * acc as f32;
     }
     sum
 }
@@ -382,13 +485,13 @@ mod x86 {
     /// [`super::quantize_block_portable`] with the block's arithmetic in AVX2 registers:
     /// the same f32 products, the same round-half-away-from-zero and clamp (the same bytes for
     /// finite inputs).
-    pub fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+    pub fn quantize_block(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
         // SAFETY: only called after detecting avx2.
         unsafe { quantize_block_impl(kind, src, q) }
     }
 
     #[target_feature(enable = "avx2")]
-    unsafe fn quantize_block_impl(kind: Quantization, src: &[f32], q: &mut [u8]) -> f32 {
+    unsafe fn quantize_block_impl(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
         assert!(src.len() >= QBLOCK);
         let sign = _mm256_set1_ps(-0.0);
         let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));
@@ -404,7 +507,7 @@ mod x86 {
             Quantization::Q8 => (127.0f32, -127, 127, 128),
             Quantization::Q4 => (7.0, -8, 7, 8),
         };
-        let d = amax / levels;
+        let (bits, d) = super::f16_scale(amax / levels);
         let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
         let half = _mm256_set1_ps(0.5);
         let mut ints = [0i32; QBLOCK];
@@ -428,29 +531,8 @@ mod x86 {
                 }
             }
         }
-        d
+        bits
     }
-
-    /// 32 signed bytes · 32 signed bytes → 8 i32 partial sums as f32.
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot32_signed(w: __m256i, x: __m256i) -> __m256 {
-        // maddubs multiplies unsigned by signed bytes: move w's sign onto x.
-        let aw = _mm256_sign_epi8(w, w);
-        let sx = _mm256_sign_epi8(x, w);
-        let pairs = _mm256_maddubs_epi16(aw, sx);
-        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        _mm256_cvtepi32_ps(quads)
-    }
-
-    /// 32 small unsigned bytes (≤ 15) · 32 signed bytes, plus `start` → 8 i32 sums as f32.
-    #[target_feature(enable = "avx2")]
-    unsafe fn dot32_nibbles(w: __m256i, x: __m256i, start: __m256i) -> __m256 {
-        // 15 · 127 · 2 fits i16: no saturation.
-        let pairs = _mm256_maddubs_epi16(w, x);
-        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        _mm256_cvtepi32_ps(_mm256_add_epi32(quads, start))
-    }
-
     #[target_feature(enable = "avx2")]
     unsafe fn hsum(v: __m256) -> f32 {
         let hi = _mm256_extractf128_ps(v, 1);
@@ -461,100 +543,188 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q8_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        let blocks = wd.len().min(xd.len());
-        assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
-        let _ = xc; // signed products: nothing to correct
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            let wu = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            // Back to signed (q + 128 → q), exact.
-            let w = _mm256_xor_si256(wu, _mm256_set1_epi8(-128));
-            let d = _mm256_set1_ps(wd[b] * xd[b]);
-            acc = _mm256_fmadd_ps(dot32_signed(w, x), d, acc);
-        }
-        hsum(acc)
+    /// `start` + Σ over each group of 4 bytes of unsigned `w` × signed `x`, in i32 lanes:
+    /// AVX-512 VNNI's `dpbusd` on 256-bit vectors, one instruction without i16 saturation.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    unsafe fn dpbusd(start: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(start, w, x)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_q4_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        let blocks = wd.len().min(xd.len());
-        let half = QBLOCK / 2;
-        assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
-        assert!(xc.len() >= blocks * 8);
-        let mask = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            let bytes = _mm_loadu_si128(wq.as_ptr().add(b * half) as *const __m128i);
-            // Low nibbles are weights 0..16, high nibbles 16..32.
-            let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-            let w = _mm256_and_si256(both, mask);
-            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            let d = _mm256_set1_ps(wd[b] * xd[b]);
-            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
-            acc = _mm256_fmadd_ps(dot32_nibbles(w, x, start), d, acc);
-        }
-        hsum(acc)
+    /// [`dpbusd`] in AVX2 for weights ≤ 15 (`maddubs` pairs stay within i16: 15·127·2).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn madd_nibbles(start: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(w, x);
+        _mm256_add_epi32(start, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
-    /// AVX-512 VNNI on 256-bit vectors: `dpbusd` multiplies unsigned by signed bytes and sums
-    /// groups of four into i32 lanes in one instruction (no i16 saturation).
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    unsafe fn dot_q8_vnni_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        let blocks = wd.len().min(xd.len());
-        assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
-        assert!(xc.len() >= blocks * 8);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            let w = _mm256_loadu_si256(wq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(start, w, x);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(wd[b] * xd[b]), acc);
-        }
-        hsum(acc)
+    /// Σ over groups of 4 of the signed weights (stored `q + 128`) × `x` in AVX2: `maddubs`
+    /// on |q| and x with q's sign (|q| ≤ 127 keeps the pairs within i16); the signed product
+    /// needs no start.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn madd_signed(_start: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let w = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
     }
 
-    #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-    unsafe fn dot_q4_vnni_impl(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        let blocks = wd.len().min(xd.len());
-        let half = QBLOCK / 2;
-        assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
-        assert!(xc.len() >= blocks * 8);
-        let mask = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..blocks {
-            let bytes = _mm_loadu_si128(wq.as_ptr().add(b * half) as *const __m128i);
-            let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-            let w = _mm256_and_si256(both, mask);
-            let x = _mm256_loadu_si256(xq.as_ptr().add(b * QBLOCK) as *const __m256i);
-            let start = _mm256_loadu_si256(xc.as_ptr().add(b * 8) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(start, w, x);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(wd[b] * xd[b]), acc);
-        }
-        hsum(acc)
+    /// The Q8 and Q4 block dot products ([`super::BlockDot`]) over a product of 32 weight
+    /// bytes by 32 activation bytes into i32 lanes. Eight blocks' scales are widened and
+    /// multiplied in one vector, and four accumulators keep the FMA latency off the loop's
+    /// critical path. Q4: one 32-byte load holds two blocks; its low nibbles are both blocks'
+    /// weights 0..16 and its high nibbles their weights 16..32, which is how the activations
+    /// are interleaved.
+    macro_rules! block_kernels {
+        ($features:literal, $q8:ident, $q4:ident, $p8:ident, $p4:ident) => {
+            #[target_feature(enable = $features)]
+            unsafe fn $q8(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+                let blocks = wd.len().min(xd.len());
+                assert!(wq.len() >= blocks * QBLOCK && xq.len() >= blocks * QBLOCK);
+                assert!(xc.len() >= blocks * 8);
+                let (wq, wd, xq, xd, xc) = (
+                    wq.as_ptr(),
+                    wd.as_ptr(),
+                    xq.as_ptr(),
+                    xd.as_ptr(),
+                    xc.as_ptr(),
+                );
+                let product = |b: usize| {
+                    $p8(
+                        _mm256_loadu_si256(xc.add(b * 8) as *const __m256i),
+                        _mm256_loadu_si256(wq.add(b * QBLOCK) as *const __m256i),
+                        _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i),
+                    )
+                };
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut b = 0;
+                while b + 8 <= blocks {
+                    let p = _mm256_mul_ps(
+                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b) as *const __m128i)),
+                        _mm256_loadu_ps(xd.add(b)),
+                    );
+                    for i in 0..8 {
+                        let d = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(i as i32));
+                        acc[i % 4] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(b + i)), d, acc[i % 4]);
+                    }
+                    b += 8;
+                }
+                while b < blocks {
+                    let d = _mm256_set1_ps(super::scale(*wd.add(b)) * *xd.add(b));
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(b)), d, acc[0]);
+                    b += 1;
+                }
+                hsum(_mm256_add_ps(
+                    _mm256_add_ps(acc[0], acc[1]),
+                    _mm256_add_ps(acc[2], acc[3]),
+                ))
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn $q4(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+                let blocks = wd.len().min(xd.len());
+                let half = QBLOCK / 2;
+                assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
+                assert!(xc.len() >= blocks.div_ceil(2) * 8);
+                let (wq, wd, xq, xd, xc) = (
+                    wq.as_ptr(),
+                    wd.as_ptr(),
+                    xq.as_ptr(),
+                    xd.as_ptr(),
+                    xc.as_ptr(),
+                );
+                let mask = _mm256_set1_epi8(0x0F);
+                // Pair k: blocks 2k and 2k + 1, 32 weight bytes, 64 activation bytes.
+                let product = |k: usize| {
+                    let v = _mm256_loadu_si256(wq.add(k * QBLOCK) as *const __m256i);
+                    let lo = _mm256_and_si256(v, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    let x = xq.add(k * 2 * QBLOCK);
+                    let s = _mm256_loadu_si256(xc.add(k * 8) as *const __m256i);
+                    let s = $p4(s, lo, _mm256_loadu_si256(x as *const __m256i));
+                    $p4(s, hi, _mm256_loadu_si256(x.add(QBLOCK) as *const __m256i))
+                };
+                let pairs = blocks / 2;
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut k = 0;
+                while k + 4 <= pairs {
+                    let p = _mm256_mul_ps(
+                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(2 * k) as *const __m128i)),
+                        _mm256_loadu_ps(xd.add(2 * k)),
+                    );
+                    for i in 0..4 {
+                        let (a, b) = (2 * i as i32, 2 * i as i32 + 1);
+                        let idx = _mm256_setr_epi32(a, a, a, a, b, b, b, b);
+                        let d = _mm256_permutevar8x32_ps(p, idx);
+                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(k + i)), d, acc[i]);
+                    }
+                    k += 4;
+                }
+                let block_scale = |b: usize| super::scale(*wd.add(b)) * *xd.add(b);
+                while k < pairs {
+                    let d = _mm256_set_m128(
+                        _mm_set1_ps(block_scale(2 * k + 1)),
+                        _mm_set1_ps(block_scale(2 * k)),
+                    );
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(k)), d, acc[0]);
+                    k += 1;
+                }
+                if blocks % 2 == 1 {
+                    // The odd last block: its own 16 bytes, activations in order.
+                    let b = blocks - 1;
+                    let bytes = _mm_loadu_si128(wq.add(b * half) as *const __m128i);
+                    let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+                    let s = $p4(
+                        _mm256_loadu_si256(xc.add(pairs * 8) as *const __m256i),
+                        _mm256_and_si256(both, mask),
+                        _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i),
+                    );
+                    let d = _mm256_set1_ps(block_scale(b));
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[0]);
+                }
+                hsum(_mm256_add_ps(
+                    _mm256_add_ps(acc[0], acc[1]),
+                    _mm256_add_ps(acc[2], acc[3]),
+                ))
+            }
+        };
     }
 
-    pub fn dot_q8_vnni(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        // SAFETY: only handed out by block_dot_fn after detecting avx512vnni and avx512vl
-        // (whose CPUs have avx2 and fma).
+    block_kernels!(
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        dot_q8_vnni_impl,
+        dot_q4_vnni_impl,
+        dpbusd,
+        dpbusd
+    );
+    block_kernels!(
+        "avx2,fma,f16c",
+        dot_q8_impl,
+        dot_q4_impl,
+        madd_signed,
+        madd_nibbles
+    );
+
+    pub fn dot_q8_vnni(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx2, fma, f16c, avx512vnni
+        // and avx512vl.
         unsafe { dot_q8_vnni_impl(wq, wd, xq, xd, xc) }
     }
 
-    pub fn dot_q4_vnni(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+    pub fn dot_q4_vnni(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
         // SAFETY: as dot_q8_vnni.
         unsafe { dot_q4_vnni_impl(wq, wd, xq, xd, xc) }
     }
 
-    pub fn dot_q8(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
+    pub fn dot_q8(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx2, fma and f16c.
         unsafe { dot_q8_impl(wq, wd, xq, xd, xc) }
     }
 
-    pub fn dot_q4(wq: &[u8], wd: &[f32], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
-        // SAFETY: only handed out by block_dot_fn after detecting avx2 and fma.
+    pub fn dot_q4(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: as dot_q8.
         unsafe { dot_q4_impl(wq, wd, xq, xd, xc) }
     }
 }
@@ -646,53 +816,81 @@ mod tests {
                     let (mut a, mut b) = (vec![0u8; bytes], vec![0u8; bytes]);
                     let da = quantize_block_portable(kind, src, &mut a);
                     let db = x86::quantize_block(kind, src, &mut b);
-                    assert_eq!((da.to_bits(), &a), (db.to_bits(), &b), "{kind:?} {src:?}");
+                    assert_eq!((da, &a), (db, &b), "{kind:?} {src:?}");
                 }
             }
         }
     }
 
+    /// Every kernel this CPU can run equals an independent sum over the dequantized integers
+    /// with the activations in their natural order, for block counts that exercise the
+    /// groups of eight, the lone pairs and an odd last block.
     #[test]
-    fn portable_and_simd_block_dots_agree() {
-        let blocks = 5;
-        let wq8: Vec<u8> = (0..blocks * QBLOCK).map(|i| (i * 37 % 255) as u8).collect();
-        let wq4: Vec<u8> = (0..blocks * QBLOCK / 2)
-            .map(|i| (i * 53 % 256) as u8)
-            .collect();
-        let xq: Vec<i8> = (0..blocks * QBLOCK)
-            .map(|i| ((i * 29 % 255) as i32 - 127) as i8)
-            .collect();
-        let wd: Vec<f32> = (0..blocks).map(|b| 0.01 * (b + 1) as f32).collect();
-        let xd: Vec<f32> = (0..blocks).map(|b| 0.02 / (b + 1) as f32).collect();
-        let corr = |off: i32| -> Vec<i32> {
-            xq.chunks(4)
-                .map(|g| -off * g.iter().map(|&v| v as i32).sum::<i32>())
-                .collect()
-        };
-        let (xc8, xc4) = (corr(128), corr(8));
-        let mut kernels: Vec<(BlockDot, BlockDot)> = vec![(
-            block_dot_fn(Quantization::Q8),
-            block_dot_fn(Quantization::Q4),
-        )];
+    fn block_kernels_match_a_plain_sum() {
+        let mut kernels: Vec<(&str, BlockDot, BlockDot)> =
+            vec![("portable", dot_q8_portable, dot_q4_portable)];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            kernels.push((x86::dot_q8, x86::dot_q4));
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                kernels.push(("avx2", x86::dot_q8, x86::dot_q4));
+                if has!("avx512vnni") && has!("avx512vl") {
+                    kernels.push(("vnni", x86::dot_q8_vnni, x86::dot_q4_vnni));
+                }
+            }
         }
-        for (k, (q8, q4)) in kernels.into_iter().enumerate() {
-            let (a, b) = (
-                q8(&wq8, &wd, &xq, &xd, &xc8),
-                dot_q8_portable(&wq8, &wd, &xq, &xd, &xc8),
-            );
-            assert!(
-                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                "q8 kernel {k}: {a} vs {b}"
-            );
-            let (a, b) = (
-                q4(&wq4, &wd, &xq, &xd, &xc4),
-                dot_q4_portable(&wq4, &wd, &xq, &xd, &xc4),
-            );
-            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "q4 {a} vs {b}");
+        for blocks in [1, 2, 3, 5, 8, 9, 16, 17, 23] {
+            let (rows, cols) = (3, blocks * QBLOCK);
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * (1.0 + (i % 5) as f32))
+                .collect();
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 31 % 17) as f32 - 8.0) / 8.0 * (1.0 + (i / 32) as f32))
+                .collect();
+            for kind in [Quantization::Q8, Quantization::Q4] {
+                let m = QuantMatrix::quantize(kind, &w, rows, cols);
+                let acts = QActs::new(kind, &x, 1, cols);
+                let (xq, xd, xc) = acts.row(0);
+                let bytes = cols / QBLOCK * m.bytes_per_block();
+                for r in 0..rows {
+                    // Integers back from the dequantized row; activations requantized in order.
+                    let mut row = vec![0f32; cols];
+                    m.row_to_f32(r, &mut row);
+                    let mut want = 0f64;
+                    for b in 0..blocks {
+                        let d = scale(m.scales[r * blocks + b]);
+                        let src = &x[b * QBLOCK..(b + 1) * QBLOCK];
+                        let dx = src.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                        // As QActs rounds: by the reciprocal.
+                        let inv = if dx > 0.0 { 1.0 / dx } else { 0.0 };
+                        let mut dot = 0i64;
+                        for k in 0..QBLOCK {
+                            let q = if d > 0.0 {
+                                (row[b * QBLOCK + k] / d).round()
+                            } else {
+                                0.0
+                            };
+                            let xq = round(src[k] * inv).clamp(-127, 127);
+                            dot += q as i64 * xq as i64;
+                        }
+                        want += d as f64 * dx as f64 * dot as f64;
+                    }
+                    for (name, q8, q4) in &kernels {
+                        let dot = if kind == Quantization::Q8 { q8 } else { q4 };
+                        let got = dot(
+                            &m.qs[r * bytes..(r + 1) * bytes],
+                            &m.scales[r * blocks..(r + 1) * blocks],
+                            xq,
+                            xd,
+                            xc,
+                        ) as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{name} {kind:?} {blocks} blocks, row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
