@@ -261,10 +261,11 @@ impl QuantMatrix {
 /// lane multiplies. The kernels start their integer sums there, which removes what the
 /// unsigned weight storage adds, exactly (in f32 it would cancel catastrophically).
 ///
-/// Q8 keeps each block's 32 values in order (8 lanes of 4 per block). Q4 interleaves each pair
-/// of blocks `b, b+1` as the weights' nibbles come out of one 32-byte load:
-/// `[x_b[0..16], x_b+1[0..16], x_b[16..32], x_b+1[16..32]]`, with 8 lanes per pair (4 per
-/// block); an odd last block keeps its order and 8 lanes of its own.
+/// Q8 keeps each block's 32 values in order (8 lanes of 4 per block). Q4 interleaves units of
+/// blocks ([`q4_units`]: fours, then a pair and a single for what remains) as the weights'
+/// nibbles come out of one load of the unit's 16-byte blocks: every block's values 0..16,
+/// then every block's values 16..32 (`[x_b[0..16], x_b+1[0..16], …, x_b[16..32], x_b+1[16..32],
+/// …]`), with 4 lanes per block (8 for a single block).
 pub(crate) struct QActs {
     kind: Quantization,
     q: Vec<i8>,
@@ -279,54 +280,58 @@ impl QActs {
         let bpr = cols / QBLOCK;
         let (offset, c_len) = match kind {
             Quantization::Q8 => (128, bpr * 8),
-            Quantization::Q4 => (8, bpr.div_ceil(2) * 8),
+            Quantization::Q4 => (8, q4_units(bpr).map(|(_, u)| 4 * u.max(2)).sum()),
         };
         let mut q = vec![0i8; n * cols];
         let mut d = vec![0f32; n * bpr];
         let mut c = vec![0i32; n * c_len];
-        let mut pair = [0i8; 2 * QBLOCK];
+        let mut unit = [0i8; 4 * QBLOCK];
+        // Sums of each group of 4 values in order (8 per block).
+        let mut groups = vec![0i32; cols / 4];
         for j in 0..n {
             let qr = &mut q[j * cols..(j + 1) * cols];
-            for ((qb, db), src) in qr
+            for (((qb, db), src), g) in qr
                 .chunks_mut(QBLOCK)
                 .zip(&mut d[j * bpr..(j + 1) * bpr])
                 .zip(x[j * cols..(j + 1) * cols].chunks(QBLOCK))
+                .zip(groups.chunks_mut(QBLOCK / 4))
             {
-                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-                *db = amax / 127.0;
-                let inv = if *db > 0.0 { 1.0 / *db } else { 0.0 };
-                for (o, v) in qb.iter_mut().zip(src) {
-                    *o = round(v * inv).clamp(-127, 127) as i8;
-                }
+                *db = quantize_act_block(src, qb, g);
             }
             let cr = &mut c[j * c_len..(j + 1) * c_len];
-            let group = |g: &[i8]| -offset * g.iter().map(|&v| v as i32).sum::<i32>();
             match kind {
                 Quantization::Q8 => {
-                    for (o, g) in cr.iter_mut().zip(qr.chunks(4)) {
-                        *o = group(g);
+                    for (o, g) in cr.iter_mut().zip(&groups) {
+                        *o = -offset * g;
                     }
                 }
                 Quantization::Q4 => {
                     let h = QBLOCK / 2;
-                    for (unit, lanes) in qr.chunks_mut(2 * QBLOCK).zip(cr.chunks_mut(8)) {
-                        if unit.len() == 2 * QBLOCK {
-                            pair.copy_from_slice(unit);
-                            let (a, b) = pair.split_at(QBLOCK);
-                            unit[..h].copy_from_slice(&a[..h]);
-                            unit[h..2 * h].copy_from_slice(&b[..h]);
-                            unit[2 * h..3 * h].copy_from_slice(&a[h..]);
-                            unit[3 * h..].copy_from_slice(&b[h..]);
-                            for (l, o) in lanes.iter_mut().enumerate() {
-                                *o = group(&unit[4 * l..4 * l + 4])
-                                    + group(&unit[QBLOCK + 4 * l..QBLOCK + 4 * l + 4]);
-                            }
-                        } else {
-                            for (o, g) in lanes.iter_mut().zip(unit.chunks(4)) {
-                                *o = group(g);
-                            }
+                    let mut lane = 0;
+                    for (first, u) in q4_units(bpr) {
+                        // Each block's first halves, then their second halves.
+                        let dst = &mut qr[first * QBLOCK..(first + u) * QBLOCK];
+                        unit[..dst.len()].copy_from_slice(dst);
+                        for i in 0..u {
+                            let src = &unit[i * QBLOCK..(i + 1) * QBLOCK];
+                            dst[i * h..(i + 1) * h].copy_from_slice(&src[..h]);
+                            dst[(u + i) * h..(u + i + 1) * h].copy_from_slice(&src[h..]);
                         }
+                        // Lane l multiplies group l % 4 of block l / 4's first half and the
+                        // same group of its second half (a single block: its 8 groups).
+                        let g = &groups[first * 8..(first + u) * 8];
+                        let lanes = &mut cr[lane..lane + 4 * u.max(2)];
+                        for (l, o) in lanes.iter_mut().enumerate() {
+                            *o = -offset
+                                * if u == 1 {
+                                    g[l]
+                                } else {
+                                    g[l / 4 * 8 + l % 4] + g[l / 4 * 8 + 4 + l % 4]
+                                };
+                        }
+                        lane += lanes.len();
                     }
+                    debug_assert!(lane == c_len);
                 }
             }
         }
@@ -354,6 +359,42 @@ impl QActs {
             &self.c[j * self.c_len..(j + 1) * self.c_len],
         )
     }
+}
+
+/// One block of activations rounded to 8 bits by its largest magnitude: values into `q`,
+/// the sums of each 4 into `groups`; returns the scale. AVX2 where the CPU has it (the same
+/// arithmetic, so the same bytes).
+fn quantize_act_block(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return x86::quantize_act_block(src, q, groups);
+        }
+    }
+    quantize_act_block_portable(src, q, groups)
+}
+
+fn quantize_act_block_portable(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (o, v) in q.iter_mut().zip(src) {
+        *o = round(v * inv).clamp(-127, 127) as i8;
+    }
+    for (g, v) in groups.iter_mut().zip(q.chunks(4)) {
+        *g = v.iter().map(|&v| v as i32).sum();
+    }
+    d
+}
+
+/// How the Q4 kernels walk a row of `blocks` blocks: `(first block, blocks in the unit)`, in
+/// units of four (one 64-byte load), then a pair (32 bytes) and a single block for the rest.
+fn q4_units(blocks: usize) -> impl Iterator<Item = (usize, usize)> {
+    let quads = blocks / 4;
+    let rest = blocks % 4;
+    let pair = (rest >= 2).then_some((4 * quads, 2));
+    let single = (rest % 2 == 1).then_some((blocks - 1, 1));
+    (0..quads).map(|q| (4 * q, 4)).chain(pair).chain(single)
 }
 
 /// A block scale as f16 bits and the f32 value those bits hold (clamped to f16's range; no
@@ -419,6 +460,7 @@ fn block_dot_fn(kind: Quantization) -> BlockDot {
             if has!("avx512vnni") && has!("avx512vl") {
                 return match kind {
                     Quantization::Q8 => x86::dot_q8_vnni,
+                    Quantization::Q4 if has!("avx512f") && has!("avx512bw") => x86::dot_q4_avx512,
                     Quantization::Q4 => x86::dot_q4_vnni,
                 };
             }
@@ -457,22 +499,19 @@ fn dot_q4_portable(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], _: &[i32]) -> f
     let mut sum = 0f32;
     let half = QBLOCK / 2;
     let blocks = wd.len().min(xd.len());
-    for b in 0..blocks {
-        let w = &wq[b * half..(b + 1) * half];
-        // Where block b's activations j and j + 16 sit (see QActs).
-        let paired = b / 2 * 2 + 1 < blocks;
-        let lo = if paired {
-            b / 2 * 2 * QBLOCK + b % 2 * half
-        } else {
-            b * QBLOCK
-        };
-        let hi = if paired { lo + QBLOCK } else { lo + half };
-        let mut acc = 0i32;
-        for j in 0..half {
-            acc += ((w[j] & 0x0F) as i32 - 8) * xq[lo + j] as i32;
-            acc += ((w[j] >> 4) as i32 - 8) * xq[hi + j] as i32;
+    for (first, u) in q4_units(blocks) {
+        for b in first..first + u {
+            let w = &wq[b * half..(b + 1) * half];
+            // Where block b's activations j and j + 16 sit (see QActs).
+            let lo = first * QBLOCK + (b - first) * half;
+            let hi = lo + u * half;
+            let mut acc = 0i32;
+            for j in 0..half {
+                acc += ((w[j] & 0x0F) as i32 - 8) * xq[lo + j] as i32;
+                acc += ((w[j] >> 4) as i32 - 8) * xq[hi + j] as i32;
+            }
+            sum += scale(wd[b]) * xd[b] * acc as f32;
         }
-        sum += scale(wd[b]) * xd[b] * acc as f32;
     }
     sum
 }
@@ -533,6 +572,50 @@ mod x86 {
         }
         bits
     }
+    /// [`super::quantize_act_block_portable`] in AVX2 registers.
+    pub fn quantize_act_block(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
+        // SAFETY: only called after detecting avx2.
+        unsafe { quantize_act_block_impl(src, q, groups) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_act_block_impl(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
+        assert!(src.len() >= QBLOCK && q.len() >= QBLOCK && groups.len() >= QBLOCK / 4);
+        let sign = _mm256_set1_ps(-0.0);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for x in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
+        let d = _mm_cvtss_f32(m) / 127.0;
+        let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let half = _mm256_set1_ps(0.5);
+        let r: [__m256i; 4] = std::array::from_fn(|i| {
+            let x = _mm256_mul_ps(v[i], inv);
+            // x + copysign(0.5, x), truncated toward zero, within ±127.
+            let r =
+                _mm256_cvttps_epi32(_mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half)));
+            _mm256_min_epi32(
+                _mm256_max_epi32(r, _mm256_set1_epi32(-127)),
+                _mm256_set1_epi32(127),
+            )
+        });
+        // i32 → i16 → i8 packs interleave 128-bit lanes; the permute puts them back in order.
+        let w = _mm256_packs_epi32(r[0], r[1]);
+        let x = _mm256_packs_epi32(r[2], r[3]);
+        let b = _mm256_packs_epi16(w, x);
+        let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, b);
+        // Sums of 4: signed bytes times 1 in pairs, then pairs of pairs.
+        let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), b);
+        let sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        _mm256_storeu_si256(groups.as_mut_ptr() as *mut __m256i, sums);
+        d
+    }
+
     #[target_feature(enable = "avx2")]
     unsafe fn hsum(v: __m256) -> f32 {
         let hi = _mm256_extractf128_ps(v, 1);
@@ -626,8 +709,9 @@ mod x86 {
             unsafe fn $q4(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
                 let blocks = wd.len().min(xd.len());
                 let half = QBLOCK / 2;
+                let lanes: usize = super::q4_units(blocks).map(|(_, u)| 4 * u.max(2)).sum();
                 assert!(wq.len() >= blocks * half && xq.len() >= blocks * QBLOCK);
-                assert!(xc.len() >= blocks.div_ceil(2) * 8);
+                assert!(xc.len() >= lanes);
                 let (wq, wd, xq, xd, xc) = (
                     wq.as_ptr(),
                     wd.as_ptr(),
@@ -636,53 +720,73 @@ mod x86 {
                     xc.as_ptr(),
                 );
                 let mask = _mm256_set1_epi8(0x0F);
-                // Pair k: blocks 2k and 2k + 1, 32 weight bytes, 64 activation bytes.
-                let product = |k: usize| {
-                    let v = _mm256_loadu_si256(wq.add(k * QBLOCK) as *const __m256i);
-                    let lo = _mm256_and_si256(v, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    let x = xq.add(k * 2 * QBLOCK);
-                    let s = _mm256_loadu_si256(xc.add(k * 8) as *const __m256i);
-                    let s = $p4(s, lo, _mm256_loadu_si256(x as *const __m256i));
-                    $p4(s, hi, _mm256_loadu_si256(x.add(QBLOCK) as *const __m256i))
+                // Two blocks' 32 weight bytes: low nibbles times the activations at `lo`, high
+                // nibbles times those at `hi`, started at the lanes `c`.
+                let pair = |w: *const u8, lo: *const i8, hi: *const i8, c: *const i32| {
+                    let v = _mm256_loadu_si256(w as *const __m256i);
+                    let s = _mm256_loadu_si256(c as *const __m256i);
+                    let l = _mm256_and_si256(v, mask);
+                    let s = $p4(s, l, _mm256_loadu_si256(lo as *const __m256i));
+                    let h = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    $p4(s, h, _mm256_loadu_si256(hi as *const __m256i))
                 };
-                let pairs = blocks / 2;
+                // Half `h` of unit of four `q`.
+                let quad_half = |q: usize, h: usize| {
+                    let x = xq.add(q * 4 * QBLOCK + h * QBLOCK);
+                    pair(
+                        wq.add(q * 2 * QBLOCK + h * QBLOCK),
+                        x,
+                        x.add(2 * QBLOCK),
+                        xc.add(q * 16 + h * 8),
+                    )
+                };
+                let quads = blocks / 4;
                 let mut acc = [_mm256_setzero_ps(); 4];
-                let mut k = 0;
-                while k + 4 <= pairs {
+                let mut q = 0;
+                while q + 2 <= quads {
                     let p = _mm256_mul_ps(
-                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(2 * k) as *const __m128i)),
-                        _mm256_loadu_ps(xd.add(2 * k)),
+                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(4 * q) as *const __m128i)),
+                        _mm256_loadu_ps(xd.add(4 * q)),
                     );
-                    for i in 0..4 {
-                        let (a, b) = (2 * i as i32, 2 * i as i32 + 1);
+                    for j in 0..4 {
+                        let (a, b) = (2 * j as i32, 2 * j as i32 + 1);
                         let idx = _mm256_setr_epi32(a, a, a, a, b, b, b, b);
                         let d = _mm256_permutevar8x32_ps(p, idx);
-                        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(k + i)), d, acc[i]);
+                        let s = quad_half(q + j / 2, j % 2);
+                        acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[j]);
                     }
-                    k += 4;
+                    q += 2;
                 }
                 let block_scale = |b: usize| super::scale(*wd.add(b)) * *xd.add(b);
-                while k < pairs {
-                    let d = _mm256_set_m128(
-                        _mm_set1_ps(block_scale(2 * k + 1)),
-                        _mm_set1_ps(block_scale(2 * k)),
-                    );
-                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(product(k)), d, acc[0]);
-                    k += 1;
+                let pair_scale = |b: usize| {
+                    _mm256_set_m128(_mm_set1_ps(block_scale(b + 1)), _mm_set1_ps(block_scale(b)))
+                };
+                while q < quads {
+                    for h in 0..2 {
+                        let d = pair_scale(4 * q + 2 * h);
+                        acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quad_half(q, h)), d, acc[h]);
+                    }
+                    q += 1;
                 }
-                if blocks % 2 == 1 {
-                    // The odd last block: its own 16 bytes, activations in order.
-                    let b = blocks - 1;
+                let (mut b, mut c) = (4 * quads, 16 * quads);
+                if blocks - b >= 2 {
+                    let x = xq.add(b * QBLOCK);
+                    let s = pair(wq.add(b * half), x, x.add(QBLOCK), xc.add(c));
+                    acc[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), pair_scale(b), acc[2]);
+                    b += 2;
+                    c += 8;
+                }
+                if blocks - b == 1 {
+                    // A single block: its own 16 bytes, activations in order.
                     let bytes = _mm_loadu_si128(wq.add(b * half) as *const __m128i);
                     let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
                     let s = $p4(
-                        _mm256_loadu_si256(xc.add(pairs * 8) as *const __m256i),
+                        _mm256_loadu_si256(xc.add(c) as *const __m256i),
                         _mm256_and_si256(both, mask),
                         _mm256_loadu_si256(xq.add(b * QBLOCK) as *const __m256i),
                     );
                     let d = _mm256_set1_ps(block_scale(b));
-                    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[0]);
+                    acc[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[3]);
                 }
                 hsum(_mm256_add_ps(
                     _mm256_add_ps(acc[0], acc[1]),
@@ -706,6 +810,99 @@ mod x86 {
         madd_signed,
         madd_nibbles
     );
+
+    /// [`dot_q4_vnni_impl`] on 512-bit vectors: one load holds a unit of four blocks, and half
+    /// as many instructions per byte lets the core keep more of the stream in flight. What
+    /// follows the units of four (a pair, a single block) has the layout a row of that many
+    /// blocks would have, so the 256-bit kernel finishes it.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+    unsafe fn dot_q4_avx512_impl(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        let blocks = wd.len().min(xd.len());
+        let quads = blocks / 4;
+        assert!(wq.len() >= quads * 2 * QBLOCK && xq.len() >= quads * 4 * QBLOCK);
+        assert!(xc.len() >= quads * 16);
+        let (wp, wdp, xp, xdp, xcp) = (
+            wq.as_ptr(),
+            wd.as_ptr(),
+            xq.as_ptr(),
+            xd.as_ptr(),
+            xc.as_ptr(),
+        );
+        let mask = _mm512_set1_epi8(0x0F);
+        let quad = |q: usize| {
+            let v = _mm512_loadu_si512(wp.add(q * 2 * QBLOCK) as *const _);
+            let s = _mm512_loadu_si512(xcp.add(q * 16) as *const _);
+            let x = xp.add(q * 4 * QBLOCK);
+            let l = _mm512_and_si512(v, mask);
+            let s = _mm512_dpbusd_epi32(s, l, _mm512_loadu_si512(x as *const _));
+            let h = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            _mm512_dpbusd_epi32(s, h, _mm512_loadu_si512(x.add(2 * QBLOCK) as *const _))
+        };
+        // Lane l of unit i (of four in a group of 16 blocks) takes block 4i + l / 4's scale.
+        let idx: [__m512i; 4] = std::array::from_fn(|i| {
+            let b = 4 * i as i32;
+            _mm512_setr_epi32(
+                b,
+                b,
+                b,
+                b,
+                b + 1,
+                b + 1,
+                b + 1,
+                b + 1,
+                b + 2,
+                b + 2,
+                b + 2,
+                b + 2,
+                b + 3,
+                b + 3,
+                b + 3,
+                b + 3,
+            )
+        });
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut q = 0;
+        while q + 4 <= quads {
+            let p = _mm512_mul_ps(
+                _mm512_cvtph_ps(_mm256_loadu_si256(wdp.add(4 * q) as *const __m256i)),
+                _mm512_loadu_ps(xdp.add(4 * q)),
+            );
+            for (i, a) in acc.iter_mut().enumerate() {
+                let d = _mm512_permutexvar_ps(idx[i], p);
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad(q + i)), d, *a);
+            }
+            q += 4;
+        }
+        while q < quads {
+            let p = _mm_mul_ps(
+                _mm_cvtph_ps(_mm_loadl_epi64(wdp.add(4 * q) as *const __m128i)),
+                _mm_loadu_ps(xdp.add(4 * q)),
+            );
+            let d = _mm512_permutexvar_ps(idx[0], _mm512_castps128_ps512(p));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad(q)), d, acc[0]);
+            q += 1;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let (b, c) = (4 * quads, 16 * quads);
+        let rest = if b < blocks {
+            dot_q4_vnni_impl(
+                &wq[b * QBLOCK / 2..],
+                &wd[b..blocks],
+                &xq[b * QBLOCK..],
+                &xd[b..blocks],
+                &xc[c..],
+            )
+        } else {
+            0.0
+        };
+        _mm512_reduce_add_ps(sum) + rest
+    }
+
+    pub fn dot_q4_avx512(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
+        // SAFETY: only handed out by block_dot_fn after detecting avx512f, avx512bw,
+        // avx512vnni and avx512vl (whose CPUs have avx2, fma and f16c).
+        unsafe { dot_q4_avx512_impl(wq, wd, xq, xd, xc) }
+    }
 
     pub fn dot_q8_vnni(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
         // SAFETY: only handed out by block_dot_fn after detecting avx2, fma, f16c, avx512vnni
@@ -819,6 +1016,14 @@ mod tests {
                     assert_eq!((da, &a), (db, &b), "{kind:?} {src:?}");
                 }
             }
+            // The activations' quantizer too (values, scale and sums of 4).
+            for src in &blocks {
+                let (mut a, mut b) = (vec![0i8; QBLOCK], vec![0i8; QBLOCK]);
+                let (mut ga, mut gb) = (vec![0i32; QBLOCK / 4], vec![0i32; QBLOCK / 4]);
+                let da = quantize_act_block_portable(src, &mut a, &mut ga);
+                let db = x86::quantize_act_block(src, &mut b, &mut gb);
+                assert_eq!((da.to_bits(), &a, &ga), (db.to_bits(), &b, &gb), "{src:?}");
+            }
         }
     }
 
@@ -836,10 +1041,13 @@ mod tests {
                 kernels.push(("avx2", x86::dot_q8, x86::dot_q4));
                 if has!("avx512vnni") && has!("avx512vl") {
                     kernels.push(("vnni", x86::dot_q8_vnni, x86::dot_q4_vnni));
+                    if has!("avx512f") && has!("avx512bw") {
+                        kernels.push(("avx512", x86::dot_q8_vnni, x86::dot_q4_avx512));
+                    }
                 }
             }
         }
-        for blocks in [1, 2, 3, 5, 8, 9, 16, 17, 23] {
+        for blocks in [1, 2, 3, 5, 8, 9, 16, 17, 23, 36, 39] {
             let (rows, cols) = (3, blocks * QBLOCK);
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * (1.0 + (i % 5) as f32))
