@@ -371,16 +371,16 @@ impl Attention {
         let attend_head = |h: usize, o: &mut [f32]| {
             let qh = &q[h * head_dim..(h + 1) * head_dim];
             let off = (h / group) * head_dim;
-            let mut scores: Vec<f32> = (0..total)
-                .map(|t| {
-                    let kt = &keys[t * width + off..t * width + off + head_dim];
-                    let s = crate::nn::host::dot_f32(qh, kt) * scale;
-                    match softcap {
-                        Some(cap) => (s / cap).tanh() * cap,
-                        None => s,
+            let mut scores = vec![0f32; total];
+            crate::nn::host::dot_rows(qh, &keys[off..], width, &mut scores);
+            if scale != 1.0 || softcap.is_some() {
+                for s in scores.iter_mut() {
+                    *s *= scale;
+                    if let Some(cap) = softcap {
+                        *s = (*s / cap).tanh() * cap;
                     }
-                })
-                .collect();
+                }
+            }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             scores.iter_mut().for_each(|s| {
@@ -388,10 +388,8 @@ impl Attention {
                 sum += *s;
             });
             let inv = 1.0 / sum;
-            for (t, p) in scores.iter().enumerate() {
-                let vt = &values[t * width + off..t * width + off + head_dim];
-                crate::nn::host::axpy(o, p * inv, vt);
-            }
+            scores.iter_mut().for_each(|s| *s *= inv);
+            crate::nn::host::weighted_rows(&scores, &values[off..], width, o);
         };
         // Parallel over heads once the cache makes it worth the tasks.
         if heads * total * head_dim >= 1 << 15 {

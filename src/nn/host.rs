@@ -347,14 +347,45 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
-/// `y += a·x` over f32 slices of equal length (attention's weighted sum of values).
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+/// `scores[t] = q · rows[t·stride..t·stride + q.len()]` for every `t < scores.len()`:
+/// attention's scores of one query head over a cache with `stride` values per position, in
+/// one call (the per-position calls of [`dot_f32`] cost as much as the 64-value products).
+pub(crate) fn dot_rows(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
+    let d = q.len();
+    if let Some(last) = scores.len().checked_sub(1) {
+        assert!(rows.len() >= last * stride + d, "dot_rows: rows too short");
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the features were just detected.
-        return unsafe { x86::axpy_impl(y, a, x) };
+        // SAFETY: the features were just detected; the lengths were checked.
+        return unsafe { x86::dot_rows_impl(q, rows, stride, scores) };
     }
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+    for (t, s) in scores.iter_mut().enumerate() {
+        *s = dot_f32_portable(q, &rows[t * stride..t * stride + d]);
+    }
+}
+
+/// `out = Σₜ p[t] · rows[t·stride..t·stride + out.len()]`: attention's weighted sum of the
+/// value rows, accumulated in registers (AVX2/FMA where the CPU has them).
+pub(crate) fn weighted_rows(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = out.len();
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(
+            rows.len() >= last * stride + d,
+            "weighted_rows: rows too short"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected; the lengths were checked.
+        return unsafe { x86::weighted_rows_impl(p, rows, stride, out) };
+    }
+    out.fill(0.0);
+    for (t, &a) in p.iter().enumerate() {
+        out.iter_mut()
+            .zip(&rows[t * stride..t * stride + d])
+            .for_each(|(o, v)| *o += a * v);
+    }
 }
 
 /// [`dot_f32`] in 8 independent lanes so that the compiler vectorises it (one running sum
@@ -547,19 +578,82 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
-        let n = y.len().min(x.len());
-        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
-            _mm256_storeu_ps(yp.add(i), v);
-            i += 8;
+    /// [`super::dot_rows`]; the caller has checked that `rows` holds every row.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_impl(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
+        let d = q.len();
+        let qp = q.as_ptr();
+        for (t, s) in scores.iter_mut().enumerate() {
+            let rp = rows.as_ptr().add(t * stride);
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            while i + 16 <= d {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(rp.add(i)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qp.add(i + 8)),
+                    _mm256_loadu_ps(rp.add(i + 8)),
+                    a1,
+                );
+                i += 16;
+            }
+            if i + 8 <= d {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(rp.add(i)), a0);
+                i += 8;
+            }
+            let mut sum = hsum(_mm256_add_ps(a0, a1));
+            while i < d {
+                sum += *qp.add(i) * *rp.add(i);
+                i += 1;
+            }
+            *s = sum;
         }
-        while i < n {
-            y[i] += a * x[i];
-            i += 1;
+    }
+
+    /// [`super::weighted_rows`]: 32 output values at a time in four registers over every row,
+    /// then 8 at a time, then the rest.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_rows_impl(
+        p: &[f32],
+        rows: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let d = out.len();
+        let (rp, op) = (rows.as_ptr(), out.as_mut_ptr());
+        let mut c = 0;
+        while c + 32 <= d {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (t, &a) in p.iter().enumerate() {
+                let a = _mm256_set1_ps(a);
+                let r = rp.add(t * stride + c);
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(r.add(8 * k)), *acc);
+                }
+            }
+            for (k, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(c + 8 * k), *acc);
+            }
+            c += 32;
+        }
+        while c + 8 <= d {
+            let mut acc = _mm256_setzero_ps();
+            for (t, &a) in p.iter().enumerate() {
+                acc = _mm256_fmadd_ps(
+                    _mm256_set1_ps(a),
+                    _mm256_loadu_ps(rp.add(t * stride + c)),
+                    acc,
+                );
+            }
+            _mm256_storeu_ps(op.add(c), acc);
+            c += 8;
+        }
+        while c < d {
+            let mut acc = 0f32;
+            for (t, &a) in p.iter().enumerate() {
+                acc += a * *rp.add(t * stride + c);
+            }
+            *op.add(c) = acc;
+            c += 1;
         }
     }
 
@@ -598,10 +692,35 @@ mod tests {
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot_f32(&a, &b) as f64 - want).abs() < 1e-4, "dot n={n}");
             assert!((dot_f32_portable(&a, &b) as f64 - want).abs() < 1e-4);
-            let mut y = b.clone();
-            axpy(&mut y, 0.5, &a);
-            for i in 0..n {
-                assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6, "axpy n={n}");
+        }
+    }
+
+    /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
+    /// and 1-value paths and a stride wider than the rows (several heads per position).
+    #[test]
+    fn row_kernels_match_plain_sums() {
+        for d in [1, 5, 8, 24, 32, 40, 64, 77, 128] {
+            let (stride, total) = (d * 3 + 1, 11);
+            let rows: Vec<f32> = (0..(total - 1) * stride + d)
+                .map(|i| (i as f32 * 0.013).sin())
+                .collect();
+            let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.29).cos()).collect();
+            let p: Vec<f32> = (0..total).map(|t| 1.0 / (t + 1) as f32).collect();
+            let mut scores = vec![0f32; total];
+            dot_rows(&q, &rows, stride, &mut scores);
+            let mut out = vec![f32::NAN; d];
+            weighted_rows(&p, &rows, stride, &mut out);
+            for t in 0..total {
+                let want: f64 = (0..d)
+                    .map(|i| q[i] as f64 * rows[t * stride + i] as f64)
+                    .sum();
+                assert!((scores[t] as f64 - want).abs() < 1e-4, "scores d={d} t={t}");
+            }
+            for i in 0..d {
+                let want: f64 = (0..total)
+                    .map(|t| p[t] as f64 * rows[t * stride + i] as f64)
+                    .sum();
+                assert!((out[i] as f64 - want).abs() < 1e-4, "values d={d} i={i}");
             }
         }
     }
