@@ -349,12 +349,27 @@ impl WeightStore {
             a.check_shape(name, &shape)?;
         }
         let first_row = rows.start;
-        let m = QuantMatrix::quantize_rows(kind, rows.len(), cols, |r, dst| {
-            convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst);
-            if let Some(a) = adapter {
-                a.add_row(name, first_row + r, dst);
-            }
-        });
+        // About 8 MB of the file at a time, released as soon as it is quantized.
+        let chunk = (8 << 20) / row_bytes.max(1);
+        let m = QuantMatrix::quantize_rows_chunked(
+            kind,
+            rows.len(),
+            cols,
+            chunk,
+            |r, dst| {
+                convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst);
+                if let Some(a) = adapter {
+                    a.add_row(name, first_row + r, dst);
+                }
+            },
+            |done| {
+                release(
+                    map,
+                    first + done.start * row_bytes,
+                    first + done.end * row_bytes,
+                )
+            },
+        );
         if adapter.is_some() {
             self.adapted.insert(name.to_string());
         }

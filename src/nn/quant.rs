@@ -95,6 +95,20 @@ impl QuantMatrix {
         cols: usize,
         fill: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Self {
+        Self::quantize_rows_chunked(kind, rows, cols, rows, fill, |_| {})
+    }
+
+    /// [`QuantMatrix::quantize_rows`] `chunk` rows at a time, calling `done` with each chunk's
+    /// rows once they are quantized (the loader releases their file pages there, so a large
+    /// tensor never has all its source bytes resident at once).
+    pub fn quantize_rows_chunked(
+        kind: Quantization,
+        rows: usize,
+        cols: usize,
+        chunk: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+        mut done: impl FnMut(std::ops::Range<usize>),
+    ) -> Self {
         assert!(
             Self::fits(cols),
             "quantize: {cols} columns are not whole blocks"
@@ -104,24 +118,34 @@ impl QuantMatrix {
             Quantization::Q8 => QBLOCK,
             Quantization::Q4 => QBLOCK / 2,
         };
-        let mut qs = vec![0u8; rows * bpr * bytes_per_block];
+        let row_bytes = bpr * bytes_per_block;
+        let mut qs = vec![0u8; rows * row_bytes];
         let mut scales = vec![0u16; rows * bpr];
-        qs.par_chunks_mut(bpr * bytes_per_block)
-            .zip(scales.par_chunks_mut(bpr))
+        let chunk = chunk.max(1);
+        for (c, (qc, sc)) in qs
+            .chunks_mut(chunk * row_bytes)
+            .zip(scales.chunks_mut(chunk * bpr))
             .enumerate()
-            .for_each_init(
-                || vec![0f32; cols],
-                |row, (r, (q_row, s_row))| {
-                    fill(r, row);
-                    for ((q, scale), src) in q_row
-                        .chunks_mut(bytes_per_block)
-                        .zip(s_row.iter_mut())
-                        .zip(row.chunks(QBLOCK))
-                    {
-                        *scale = quantize_block(kind, src, q);
-                    }
-                },
-            );
+        {
+            let r0 = c * chunk;
+            qc.par_chunks_mut(row_bytes)
+                .zip(sc.par_chunks_mut(bpr))
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; cols],
+                    |row, (r, (q_row, s_row))| {
+                        fill(r0 + r, row);
+                        for ((q, scale), src) in q_row
+                            .chunks_mut(bytes_per_block)
+                            .zip(s_row.iter_mut())
+                            .zip(row.chunks(QBLOCK))
+                        {
+                            *scale = quantize_block(kind, src, q);
+                        }
+                    },
+                );
+            done(r0..r0 + qc.len() / row_bytes.max(1));
+        }
         Self {
             kind,
             rows,
