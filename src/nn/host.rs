@@ -695,6 +695,43 @@ mod tests {
         }
     }
 
+    /// Every half-precision dot product this CPU can run against the portable one, for lengths
+    /// that exercise the unrolled loops and the tails.
+    #[test]
+    fn half_dots_agree() {
+        let mut kernels: Vec<(&str, DotFn, DotFn)> =
+            vec![("portable", dot_f16_portable, dot_bf16_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                kernels.push(("avx2", x86::dot_f16, x86::dot_bf16));
+            }
+        }
+        for n in [0, 3, 8, 17, 32, 63, 64, 65, 130, 576] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let f: Vec<u16> = v.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            let b: Vec<u16> = v.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let want_f: f64 = (0..n)
+                .map(|i| f16::from_bits(f[i]).to_f64() * x[i] as f64)
+                .sum();
+            let want_b: f64 = (0..n)
+                .map(|i| bf16::from_bits(b[i]).to_f64() * x[i] as f64)
+                .sum();
+            for (name, df, db) in &kernels {
+                assert!(
+                    (df(&f, &x) as f64 - want_f).abs() < 1e-4,
+                    "{name} f16 n={n}"
+                );
+                assert!(
+                    (db(&b, &x) as f64 - want_b).abs() < 1e-4,
+                    "{name} bf16 n={n}"
+                );
+            }
+        }
+    }
+
     /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
     /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
