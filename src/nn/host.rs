@@ -335,7 +335,7 @@ fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// `Σ a·b` over f32 slices of equal length (attention scores, LoRA projections): AVX2/FMA
+/// `Σ a·b` over f32 slices of equal length (LoRA projections): AVX2/FMA
 /// where the CPU has them (the crate is built for baseline x86-64, whose SSE2 code would run
 /// at half the width), else portable code.
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
