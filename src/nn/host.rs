@@ -732,6 +732,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn widening_is_exact() {
+        for n in [0, 5, 8, 21, 64] {
+            let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin() * 1e3).collect();
+            let b: Vec<u16> = v.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            let f: Vec<u16> = v.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            let (mut wb, mut wf) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            widen(HalfKind::Bf16, &b, &mut wb);
+            widen(HalfKind::F16, &f, &mut wf);
+            for i in 0..n {
+                assert_eq!(wb[i], bf16::from_bits(b[i]).to_f32());
+                assert_eq!(wf[i], f16::from_bits(f[i]).to_f32());
+            }
+        }
+    }
+
     /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
     /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
