@@ -577,7 +577,6 @@ mod x86 {
         sum
     }
 
-    #[target_feature(enable = "avx2,fma")]
     /// [`super::dot_rows`]; the caller has checked that `rows` holds every row.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows_impl(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
