@@ -581,30 +581,8 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_rows_impl(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
         let d = q.len();
-        let qp = q.as_ptr();
         for (t, s) in scores.iter_mut().enumerate() {
-            let rp = rows.as_ptr().add(t * stride);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i + 16 <= d {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(rp.add(i)), a0);
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(qp.add(i + 8)),
-                    _mm256_loadu_ps(rp.add(i + 8)),
-                    a1,
-                );
-                i += 16;
-            }
-            if i + 8 <= d {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(rp.add(i)), a0);
-                i += 8;
-            }
-            let mut sum = hsum(_mm256_add_ps(a0, a1));
-            while i < d {
-                sum += *qp.add(i) * *rp.add(i);
-                i += 1;
-            }
-            *s = sum;
+            *s = dot_f32_impl(q, &rows[t * stride..t * stride + d]);
         }
     }
 

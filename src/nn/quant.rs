@@ -554,8 +554,10 @@ mod x86 {
         unsafe { quantize_block_impl(kind, src, q) }
     }
 
+    /// A block's 32 values in four registers, and their largest magnitude.
+    #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn quantize_block_impl(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
+    unsafe fn load_block(src: &[f32]) -> ([__m256; 4], f32) {
         assert!(src.len() >= QBLOCK);
         let sign = _mm256_set1_ps(-0.0);
         let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));
@@ -566,25 +568,35 @@ mod x86 {
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
-        let amax = _mm_cvtss_f32(m);
+        (v, _mm_cvtss_f32(m))
+    }
+
+    /// `x · inv` rounded half away from zero (`x + copysign(0.5, x)` truncated, as
+    /// [`super::round`]) and clamped to `lo..=hi`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_clamp(x: __m256, inv: __m256, lo: i32, hi: i32) -> __m256i {
+        let x = _mm256_mul_ps(x, inv);
+        let half = _mm256_or_ps(_mm256_and_ps(x, _mm256_set1_ps(-0.0)), _mm256_set1_ps(0.5));
+        let r = _mm256_cvttps_epi32(_mm256_add_ps(x, half));
+        _mm256_min_epi32(
+            _mm256_max_epi32(r, _mm256_set1_epi32(lo)),
+            _mm256_set1_epi32(hi),
+        )
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn quantize_block_impl(kind: Quantization, src: &[f32], q: &mut [u8]) -> u16 {
+        let (v, amax) = load_block(src);
         let (levels, lo, hi, offset) = match kind {
             Quantization::Q8 => (127.0f32, -127, 127, 128),
             Quantization::Q4 => (7.0, -8, 7, 8),
         };
         let (bits, d) = super::f16_scale(amax / levels);
         let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-        let half = _mm256_set1_ps(0.5);
         let mut ints = [0i32; QBLOCK];
         for (i, x) in v.iter().enumerate() {
-            let x = _mm256_mul_ps(*x, inv);
-            // x + copysign(0.5, x), truncated toward zero.
-            let r =
-                _mm256_cvttps_epi32(_mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half)));
-            let r = _mm256_min_epi32(
-                _mm256_max_epi32(r, _mm256_set1_epi32(lo)),
-                _mm256_set1_epi32(hi),
-            );
-            let r = _mm256_add_epi32(r, _mm256_set1_epi32(offset));
+            let r = _mm256_add_epi32(round_clamp(*x, inv, lo, hi), _mm256_set1_epi32(offset));
             _mm256_storeu_si256(ints.as_mut_ptr().add(8 * i) as *mut __m256i, r);
         }
         match kind {
@@ -605,29 +617,11 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     unsafe fn quantize_act_block_impl(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
-        assert!(src.len() >= QBLOCK && q.len() >= QBLOCK && groups.len() >= QBLOCK / 4);
-        let sign = _mm256_set1_ps(-0.0);
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(src.as_ptr().add(8 * i)));
-        let mut m = _mm256_andnot_ps(sign, v[0]);
-        for x in &v[1..] {
-            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *x));
-        }
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
-        let d = _mm_cvtss_f32(m) / 127.0;
+        assert!(q.len() >= QBLOCK && groups.len() >= QBLOCK / 4);
+        let (v, amax) = load_block(src);
+        let d = amax / 127.0;
         let inv = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-        let half = _mm256_set1_ps(0.5);
-        let r: [__m256i; 4] = std::array::from_fn(|i| {
-            let x = _mm256_mul_ps(v[i], inv);
-            // x + copysign(0.5, x), truncated toward zero, within ±127.
-            let r =
-                _mm256_cvttps_epi32(_mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half)));
-            _mm256_min_epi32(
-                _mm256_max_epi32(r, _mm256_set1_epi32(-127)),
-                _mm256_set1_epi32(127),
-            )
-        });
+        let r: [__m256i; 4] = std::array::from_fn(|i| round_clamp(v[i], inv, -127, 127));
         // i32 → i16 → i8 packs interleave 128-bit lanes; the permute puts them back in order.
         let w = _mm256_packs_epi32(r[0], r[1]);
         let x = _mm256_packs_epi32(r[2], r[3]);
@@ -649,6 +643,27 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
         _mm_cvtss_f32(s)
+    }
+
+    /// Eight blocks' combined scales `wd[i] · xd[i]` (f16 weight scales, f32 activation
+    /// scales) in one vector.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales8(wd: *const u16, xd: *const f32) -> __m256 {
+        _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm_loadu_si128(wd as *const __m128i)),
+            _mm256_loadu_ps(xd),
+        )
+    }
+
+    /// [`scales8`] for sixteen blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scales16(wd: *const u16, xd: *const f32) -> __m512 {
+        _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm256_loadu_si256(wd as *const __m256i)),
+            _mm512_loadu_ps(xd),
+        )
     }
 
     /// `start` + Σ over each group of 4 bytes of unsigned `w` × signed `x`, in i32 lanes:
@@ -708,10 +723,7 @@ mod x86 {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut b = 0;
                 while b + 8 <= blocks {
-                    let p = _mm256_mul_ps(
-                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b) as *const __m128i)),
-                        _mm256_loadu_ps(xd.add(b)),
-                    );
+                    let p = scales8(wd.add(b), xd.add(b));
                     for i in 0..8 {
                         let d = _mm256_permutevar8x32_ps(p, _mm256_set1_epi32(i as i32));
                         acc[i % 4] =
@@ -769,10 +781,7 @@ mod x86 {
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut q = 0;
                 while q + 2 <= quads {
-                    let p = _mm256_mul_ps(
-                        _mm256_cvtph_ps(_mm_loadu_si128(wd.add(4 * q) as *const __m128i)),
-                        _mm256_loadu_ps(xd.add(4 * q)),
-                    );
+                    let p = scales8(wd.add(4 * q), xd.add(4 * q));
                     for j in 0..4 {
                         let (a, b) = (2 * j as i32, 2 * j as i32 + 1);
                         let idx = _mm256_setr_epi32(a, a, a, a, b, b, b, b);
@@ -888,10 +897,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut q = 0;
         while q + 4 <= quads {
-            let p = _mm512_mul_ps(
-                _mm512_cvtph_ps(_mm256_loadu_si256(wdp.add(4 * q) as *const __m256i)),
-                _mm512_loadu_ps(xdp.add(4 * q)),
-            );
+            let p = scales16(wdp.add(4 * q), xdp.add(4 * q));
             for (i, a) in acc.iter_mut().enumerate() {
                 let d = _mm512_permutexvar_ps(idx[i], p);
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad(q + i)), d, *a);
@@ -954,10 +960,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut k = 0;
         while k + 8 <= pairs {
-            let p = _mm512_mul_ps(
-                _mm512_cvtph_ps(_mm256_loadu_si256(wdp.add(2 * k) as *const __m256i)),
-                _mm512_loadu_ps(xdp.add(2 * k)),
-            );
+            let p = scales16(wdp.add(2 * k), xdp.add(2 * k));
             for (i, idx) in idx.iter().enumerate() {
                 let d = _mm512_permutexvar_ps(*idx, p);
                 acc[i % 4] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair(k + i)), d, acc[i % 4]);
