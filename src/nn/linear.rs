@@ -130,6 +130,7 @@ impl HostWeight {
                     let a = acts.iter().find(|a| a.kind() == m.kind());
                     Box::new(m.rows_dot(a.expect("quantized above")))
                 }
+                // Only half-precision weights are adapted (see `adapted`): never nested.
                 HostWeight::Adapted(..) => unreachable!("adapters do not nest"),
             });
             total += base.shape()[0];

@@ -5,9 +5,8 @@
 //! Decode (a few activation rows): each activation row is itself quantized to 8 bits per block
 //! of 32 and the products are integer dot products (AVX-512 VNNI `dpbusd` or AVX2
 //! `maddubs`/`madd`, portable code elsewhere) scaled per block, reading 1.0625 (Q8) or 0.5625
-//! (Q4) bytes per weight. Prefill
-//! (many rows): a block of weight rows is dequantized to f32 and multiplied by an f32 GEMM, so
-//! activations stay f32 there.
+//! (Q4) bytes per weight. Prefill (many rows): a block of weight rows is dequantized to f32
+//! and multiplied by an f32 GEMM, so activations stay f32 there.
 
 use rayon::prelude::*;
 
