@@ -204,6 +204,9 @@ impl HalfMatrix {
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.bits();
         let cols = self.cols;
+        if self.kind == HalfKind::Bf16 && super::bf16_gemm::gemm(w, self.rows, cols, x, n, y, Default::default()) {
+            return;
+        }
         blocked_gemm(self.rows, cols, x, n, y, |r, dst| {
             widen(self.kind, &w[r * cols..(r + 1) * cols], dst)
         });

@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod attention;
+mod bf16_gemm;
 pub mod embedding;
 pub mod host;
 pub mod kv_cache;
