@@ -22,6 +22,10 @@ pub struct CommonArgs {
     /// Quantize weights at load: q8 or q4 (CPU devices).
     #[arg(long)]
     pub quantize: Option<String>,
+    /// How prefill multiplies activations by bf16 weights on CPUs with AVX512-BF16: split
+    /// (default, as accurate as f32 to 16 bits) or rounded (bf16 activations, twice as fast).
+    #[arg(long, value_name = "MODE")]
+    pub bf16_activations: Option<String>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged
     /// into the model at load.
     #[arg(long, value_name = "DIR")]
@@ -196,6 +200,14 @@ impl CommonArgs {
                 kiln::Error::InvalidArgument {
                     name: "--quantize".into(),
                     message: format!("unknown quantization {q:?}; expected q8 or q4"),
+                }
+            })?);
+        }
+        if let Some(m) = &self.bf16_activations {
+            o = o.bf16_activations(kiln::Bf16Activations::from_name(m).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--bf16-activations".into(),
+                    message: format!("unknown mode {m:?}; expected split or rounded"),
                 }
             })?);
         }

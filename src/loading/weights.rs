@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::loading::{LoraAdapter, LoraDelta};
-use crate::nn::{HalfKind, HalfMatrix, QuantMatrix, Quantization};
+use crate::nn::{Bf16Activations, HalfKind, HalfMatrix, QuantMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
 /// (buffers recomputed at load time).
@@ -39,6 +39,7 @@ pub struct WeightStore {
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
     quantize: Option<Quantization>,
+    bf16_activations: Bf16Activations,
     adapter: Option<Arc<LoraAdapter>>,
     /// Adapted weights read so far.
     adapted: HashSet<String>,
@@ -107,6 +108,7 @@ impl WeightStore {
             entries: HashMap::new(),
             taken: HashSet::new(),
             quantize: None,
+            bf16_activations: Bf16Activations::default(),
             adapter: None,
             adapted: HashSet::new(),
             slots: Vec::new(),
@@ -285,13 +287,15 @@ impl WeightStore {
         };
         let (file, start) = self.checked_range(name, &[rows, cols])?;
         self.taken.insert(name.to_string());
-        Ok(Some(HalfMatrix::from_map(
-            kind,
-            rows,
-            cols,
-            self.files[file].1.clone(),
-            start,
-        )))
+        Ok(Some(
+            HalfMatrix::from_map(kind, rows, cols, self.files[file].1.clone(), start)
+                .with_bf16_activations(self.bf16_activations),
+        ))
+    }
+
+    /// How the half-precision matrices it hands out multiply bf16 weights in prefill.
+    pub fn set_bf16_activations(&mut self, activations: Bf16Activations) {
+        self.bf16_activations = activations;
     }
 
     /// Asks layers that can (projections on CPU devices) to quantize their weights at load.

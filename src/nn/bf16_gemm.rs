@@ -4,12 +4,12 @@
 //! `vdpbf16ps` multiplies 32 pairs of bf16 values and adds them into 16 f32 lanes: twice the
 //! multiply-adds per instruction of an f32 FMA, with the weights read as stored (no widened
 //! copy, no packing). The activations must be bf16 too, and that is the choice
-//! [`Activations`] makes:
-//! - [`Activations::Split`] (the default) writes each activation as the sum of two bf16 values,
+//! [`Bf16Activations`] makes:
+//! - [`Bf16Activations::Split`] (the default) writes each activation as the sum of two bf16 values,
 //!   `hi = bf16(x)` and `lo = bf16(x − hi)`, and multiplies both: `hi + lo` is within 2⁻¹⁶·|x|
 //!   of `x` (16 significant bits where f32 keeps 24, f16 11, bf16 8), at the f32 FMA's rate
 //!   but without widening or packing the weights.
-//! - [`Activations::Bf16`] rounds each activation to one bf16 value: twice the rate, with the
+//! - [`Bf16Activations::Rounded`] rounds each activation to one bf16 value: twice the rate, with the
 //!   rounding a bf16 checkpoint sees in its own framework (PyTorch's bf16 matmuls take bf16
 //!   inputs) and in llama.cpp (which rounds activations to the weights' type).
 //!
@@ -45,19 +45,39 @@ pub(crate) fn available() -> bool {
 
 /// How activations meet bf16 weights in the prefill GEMM (see the [module](self) docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Activations {
+pub enum Bf16Activations {
     /// Each activation as `hi + lo`, two bf16 values (16 significant bits).
     #[default]
     Split,
     /// Each activation rounded to one bf16 value: twice as fast on CPUs with AVX512-BF16.
-    Bf16,
+    Rounded,
 }
 
-impl Activations {
+impl Bf16Activations {
+    /// Parses `split` or `rounded` (also `bf16`).
+    pub fn from_name(name: &str) -> crate::Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "split" => Ok(Bf16Activations::Split),
+            "rounded" | "bf16" => Ok(Bf16Activations::Rounded),
+            _ => Err(crate::Error::invalid_arg(
+                "bf16_activations",
+                format!("unknown bf16 activation mode {name:?}; expected split or rounded"),
+            )),
+        }
+    }
+
+    /// `split` or `rounded`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Activations::Split => "split",
+            Bf16Activations::Rounded => "rounded",
+        }
+    }
+
     fn parts(self) -> usize {
         match self {
-            Activations::Split => 2,
-            Activations::Bf16 => 1,
+            Bf16Activations::Split => 2,
+            Bf16Activations::Rounded => 1,
         }
     }
 }
@@ -78,7 +98,7 @@ pub(crate) fn round_bf16(v: f32) -> u16 {
 
 /// The activations `x` (`[n, cols]`, `cols` even) as bf16 pairs in the kernel's layout:
 /// `[n / 16 rounded up][cols / 2][parts][16]`, tokens past `n` zero.
-fn pack_activations(x: &[f32], n: usize, cols: usize, mode: Activations, out: &mut Vec<u32>) {
+fn pack_activations(x: &[f32], n: usize, cols: usize, mode: Bf16Activations, out: &mut Vec<u32>) {
     let pairs = cols / 2;
     let parts = mode.parts();
     let tiles = n.div_ceil(LANES);
@@ -92,8 +112,8 @@ fn pack_activations(x: &[f32], n: usize, cols: usize, mode: Activations, out: &m
                 let j = t * LANES + l;
                 let row = &x[j * cols..(j + 1) * cols];
                 match mode {
-                    Activations::Bf16 => pack_row(row, &mut hi, None),
-                    Activations::Split => pack_row(row, &mut hi, Some(&mut lo)),
+                    Bf16Activations::Rounded => pack_row(row, &mut hi, None),
+                    Bf16Activations::Split => pack_row(row, &mut hi, Some(&mut lo)),
                 }
                 for p in 0..pairs {
                     tile[p * parts * LANES + l] = hi[p];
@@ -141,7 +161,7 @@ pub(crate) fn gemm(
     x: &[f32],
     n: usize,
     y: &mut [f32],
-    mode: Activations,
+    mode: Bf16Activations,
 ) -> bool {
     if !available() || cols % 2 != 0 || cols == 0 {
         return false;
@@ -164,8 +184,8 @@ pub(crate) fn gemm(
             // columns r0..r0 + nr of `y` (asserted lengths above).
             unsafe {
                 match mode {
-                    Activations::Split => x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out, rows),
-                    Activations::Bf16 => x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out, rows),
+                    Bf16Activations::Split => x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out, rows),
+                    Bf16Activations::Rounded => x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out, rows),
                 }
             };
         });
@@ -337,8 +357,8 @@ mod tests {
         assert_eq!(hi, hi2);
     }
 
-    /// Against a plain f64 sum (over the bf16-rounded activations for [`Activations::Bf16`],
-    /// the exact ones for [`Activations::Split`]), for shapes that cover every row-tile and
+    /// Against a plain f64 sum (over the bf16-rounded activations for [`Bf16Activations::Rounded`],
+    /// the exact ones for [`Bf16Activations::Split`]), for shapes that cover every row-tile and
     /// token-tail case.
     #[test]
     fn gemm_matches_a_plain_sum() {
@@ -346,7 +366,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        for mode in [Activations::Split, Activations::Bf16] {
+        for mode in [Bf16Activations::Split, Bf16Activations::Rounded] {
             for (rows, cols, n) in [(12, 32, 32), (29, 70, 5), (37, 64, 47), (7, 2, 16), (100, 130, 33)]
             {
                 let w: Vec<u16> = (0..rows * cols)
@@ -362,8 +382,8 @@ mod tests {
                         let terms = (0..cols).map(|k| {
                             let a = x[j * cols + k];
                             let a = match mode {
-                                Activations::Bf16 => widen(round_bf16(a)),
-                                Activations::Split => a,
+                                Bf16Activations::Rounded => widen(round_bf16(a)),
+                                Bf16Activations::Split => a,
                             };
                             widen(w[r * cols + k]) as f64 * a as f64
                         });

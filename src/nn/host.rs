@@ -14,6 +14,8 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
 
+use super::bf16_gemm::Bf16Activations;
+
 /// The storage format of a [`HalfMatrix`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HalfKind {
@@ -43,6 +45,8 @@ pub struct HalfMatrix {
     rows: usize,
     cols: usize,
     bytes: Bytes,
+    /// How activations meet bf16 weights in the GEMM path.
+    activations: Bf16Activations,
 }
 
 impl std::fmt::Debug for HalfMatrix {
@@ -91,6 +95,7 @@ impl HalfMatrix {
             rows,
             cols,
             bytes,
+            activations: Bf16Activations::default(),
         }
     }
 
@@ -102,7 +107,15 @@ impl HalfMatrix {
             rows,
             cols,
             bytes: Bytes::Owned(Arc::new(bits)),
+            activations: Bf16Activations::default(),
         }
+    }
+
+    /// How activations meet this matrix's values in its GEMM path, where they are bf16 and the
+    /// CPU has AVX512-BF16 (see [`Bf16Activations`]); no effect otherwise.
+    pub fn with_bf16_activations(mut self, activations: Bf16Activations) -> Self {
+        self.activations = activations;
+        self
     }
 
     /// Rows (output features).
@@ -153,6 +166,7 @@ impl HalfMatrix {
             rows: r1 - r0,
             cols: self.cols,
             bytes,
+            activations: self.activations,
         }
     }
 
@@ -204,7 +218,7 @@ impl HalfMatrix {
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.bits();
         let cols = self.cols;
-        if self.kind == HalfKind::Bf16 && super::bf16_gemm::gemm(w, self.rows, cols, x, n, y, Default::default()) {
+        if self.kind == HalfKind::Bf16 && super::bf16_gemm::gemm(w, self.rows, cols, x, n, y, self.activations) {
             return;
         }
         blocked_gemm(self.rows, cols, x, n, y, |r, dst| {

@@ -5,7 +5,7 @@
 
 pub mod activation;
 pub mod attention;
-mod bf16_gemm;
+pub mod bf16_gemm;
 pub mod embedding;
 pub mod host;
 pub mod kv_cache;
@@ -17,6 +17,7 @@ pub mod quant;
 pub mod rope;
 
 pub use activation::Activation;
+pub use bf16_gemm::Bf16Activations;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
 pub use embedding::Embedding;
 pub use host::{HalfKind, HalfMatrix};
