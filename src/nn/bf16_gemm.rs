@@ -184,8 +184,12 @@ pub(crate) fn gemm(
             // columns r0..r0 + nr of `y` (asserted lengths above).
             unsafe {
                 match mode {
-                    Bf16Activations::Split => x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out, rows),
-                    Bf16Activations::Rounded => x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out, rows),
+                    Bf16Activations::Split => {
+                        x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out, rows)
+                    }
+                    Bf16Activations::Rounded => {
+                        x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out, rows)
+                    }
                 }
             };
         });
@@ -341,7 +345,9 @@ mod tests {
 
     #[test]
     fn packed_rows_match_portable_rounding() {
-        let x: Vec<f32> = (0..70).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
+        let x: Vec<f32> = (0..70)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173)
+            .collect();
         let (mut hi, mut lo) = (vec![0u32; 35], vec![0u32; 35]);
         let (mut hi2, mut lo2) = (vec![0u32; 35], vec![0u32; 35]);
         pack_row(&x, &mut hi, Some(&mut lo));
@@ -351,7 +357,10 @@ mod tests {
         for (k, &v) in x.iter().enumerate() {
             let half = |w: u32| (w >> (16 * (k % 2))) as u16;
             let back = widen(half(hi[k / 2])) + widen(half(lo[k / 2]));
-            assert!((back - v).abs() <= v.abs() * 2f32.powi(-16), "{v} as {back}");
+            assert!(
+                (back - v).abs() <= v.abs() * 2f32.powi(-16),
+                "{v} as {back}"
+            );
         }
         pack_row(&x, &mut hi2, None);
         assert_eq!(hi, hi2);
@@ -367,8 +376,13 @@ mod tests {
             return;
         }
         for mode in [Bf16Activations::Split, Bf16Activations::Rounded] {
-            for (rows, cols, n) in [(12, 32, 32), (29, 70, 5), (37, 64, 47), (7, 2, 16), (100, 130, 33)]
-            {
+            for (rows, cols, n) in [
+                (12, 32, 32),
+                (29, 70, 5),
+                (37, 64, 47),
+                (7, 2, 16),
+                (100, 130, 33),
+            ] {
                 let w: Vec<u16> = (0..rows * cols)
                     .map(|i| round_bf16(((i * 7919 % 101) as f32 - 50.0) / 37.0))
                     .collect();

@@ -218,7 +218,9 @@ impl HalfMatrix {
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
         let w = self.bits();
         let cols = self.cols;
-        if self.kind == HalfKind::Bf16 && super::bf16_gemm::gemm(w, self.rows, cols, x, n, y, self.activations) {
+        if self.kind == HalfKind::Bf16
+            && super::bf16_gemm::gemm(w, self.rows, cols, x, n, y, self.activations)
+        {
             return;
         }
         blocked_gemm(self.rows, cols, x, n, y, |r, dst| {

@@ -17,8 +17,8 @@ pub mod quant;
 pub mod rope;
 
 pub use activation::Activation;
-pub use bf16_gemm::Bf16Activations;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
+pub use bf16_gemm::Bf16Activations;
 pub use embedding::Embedding;
 pub use host::{HalfKind, HalfMatrix};
 pub use kv_cache::{CachedKv, HostKvView, KvCache, LayerCache};
