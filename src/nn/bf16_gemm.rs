@@ -368,7 +368,7 @@ mod tests {
 
     /// Against a plain f64 sum (over the bf16-rounded activations for [`Bf16Activations::Rounded`],
     /// the exact ones for [`Bf16Activations::Split`]), for shapes that cover every row-tile and
-    /// token-tail case.
+    /// token-tail case, many row tiles and long rows.
     #[test]
     fn gemm_matches_a_plain_sum() {
         if !available() {
@@ -382,6 +382,8 @@ mod tests {
                 (37, 64, 47),
                 (7, 2, 16),
                 (100, 130, 33),
+                (600, 40, 17),
+                (25, 1100, 20),
             ] {
                 let w: Vec<u16> = (0..rows * cols)
                     .map(|i| round_bf16(((i * 7919 % 101) as f32 - 50.0) / 37.0))
