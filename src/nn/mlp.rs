@@ -1,10 +1,12 @@
 //! Feed-forward blocks.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
 
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
+use crate::nn::linear::host_f32;
 use crate::nn::{Activation, Linear};
 
 /// Gated MLP (SwiGLU for `silu`): `down(act(gate(x)) * up(x))`.
@@ -74,6 +76,26 @@ impl GatedMlp {
     /// # Shapes
     /// `x: [batch, seq, hidden]` → same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.is_host() {
+            // Host weights (CPU): the rows stay on the host from one product to the next, one
+            // copy in and one out instead of a tensor round trip per projection.
+            let [b, s, _] = x.dims();
+            let device = x.device();
+            let xs = host_f32(x);
+            let n = b * s;
+            let mut gate = self.gate_proj.forward_host(&xs, n);
+            let up = self.up_proj.forward_host(&xs, n);
+            let act = self.act;
+            gate.par_chunks_mut(1 << 14)
+                .zip(up.par_chunks(1 << 14))
+                .for_each(|(g, u)| {
+                    act.forward_host(g);
+                    g.iter_mut().zip(u).for_each(|(g, u)| *g *= u);
+                });
+            let y = self.down_proj.forward_host(&gate, n);
+            let d = y.len() / n.max(1);
+            return Tensor::from_data(TensorData::new(y, [b, s, d]), (&device, DType::F32));
+        }
         let gate = self.act.forward(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
     }
