@@ -163,7 +163,7 @@ pub(crate) fn gemm(
     y: &mut [f32],
     mode: Bf16Activations,
 ) -> bool {
-    if !available() || cols % 2 != 0 || cols == 0 {
+    if !available() || !cols.is_multiple_of(2) || cols == 0 {
         return false;
     }
     assert!(w.len() >= rows * cols && x.len() >= n * cols && y.len() >= n * rows);

@@ -5,8 +5,10 @@
 //! Decode (a few activation rows): each activation row is itself quantized to 8 bits per block
 //! of 32 and the products are integer dot products (AVX-512 VNNI `dpbusd` or AVX2
 //! `maddubs`/`madd`, portable code elsewhere) scaled per block, reading 1.0625 (Q8) or 0.5625
-//! (Q4) bytes per weight. Prefill (many rows): a block of weight rows is dequantized to f32
-//! and multiplied by an f32 GEMM, so activations stay f32 there.
+//! (Q4) bytes per weight. Prefill (many rows): the same integer arithmetic as a GEMM over
+//! tiles of rows and tokens where the CPU has AVX-512 VNNI ([`quant_gemm`](super::quant_gemm));
+//! elsewhere a block of weight rows is dequantized to f32 and multiplied by an f32 GEMM, with
+//! f32 activations.
 
 use rayon::prelude::*;
 
@@ -243,6 +245,21 @@ impl QuantMatrix {
         }
     }
 
+    /// The integer GEMM of [`quant_gemm`](super::quant_gemm) (activations quantized per
+    /// block, as decode does); `false` where the CPU lacks AVX-512 VNNI.
+    pub(crate) fn gemm_int8(&self, x: &[f32], n: usize, y: &mut [f32]) -> bool {
+        super::quant_gemm::gemm(
+            self.kind,
+            &self.qs,
+            &self.scales,
+            self.rows,
+            self.cols,
+            x,
+            n,
+            y,
+        )
+    }
+
     /// Bytes of one row (integers and scales).
     pub(crate) fn row_bytes(&self) -> usize {
         self.cols / QBLOCK * (self.bytes_per_block() + 2)
@@ -273,6 +290,9 @@ impl QuantMatrix {
     }
 
     fn gemm(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        if self.gemm_int8(x, n, y) {
+            return;
+        }
         crate::nn::host::blocked_gemm(self.rows, self.cols, x, n, y, |r, dst| {
             self.row_to_f32(r, dst)
         });
@@ -387,7 +407,7 @@ impl QActs {
 /// One block of activations rounded to 8 bits by its largest magnitude: values into `q`,
 /// the sums of each 4 into `groups`; returns the scale. AVX2 where the CPU has it (the same
 /// arithmetic, so the same bytes).
-fn quantize_act_block(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
+pub(crate) fn quantize_act_block(src: &[f32], q: &mut [i8], groups: &mut [i32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -1071,8 +1091,10 @@ mod tests {
                     .iter()
                     .zip(&want)
                     .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
-                // n < 4 also quantizes the activations (8 bits per block): a small extra error.
-                let tol = if n < GEMM_MIN_ROWS { 0.02 } else { 1e-4 };
+                // Decode (n < 4) and the integer GEMM (AVX-512 VNNI) also quantize the
+                // activations (8 bits per block): a small extra error.
+                let int8 = n < GEMM_MIN_ROWS || crate::nn::quant_gemm::available();
+                let tol = if int8 { 0.02 } else { 1e-4 };
                 assert!(
                     diff <= tol * scale,
                     "{kind:?} n={n}: {diff} vs scale {scale}"

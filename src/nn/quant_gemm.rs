@@ -1,0 +1,330 @@
+//! Prefill GEMM for Q8/Q4 weights on CPUs with AVX-512 VNNI (AMD Zen 4 and later, Intel Ice
+//! Lake and later): integer products straight from the quantized blocks, no dequantized copy.
+//!
+//! The activations are quantized to 8 bits per block of 32 exactly as decode quantizes them
+//! ([`QActs`](super::quant)' block quantizer), so prefill and decode compute the same sums:
+//! per block an exact i32 sum of `stored weight × activation` (`vpdpbusd`: 64 byte products a
+//! vector), started at `−offset × Σ activations` to remove the unsigned storage's offset, then
+//! scaled by the weight's and the activation's block scales into f32 accumulators. This is what
+//! llama.cpp does for its Q8_0/Q4_0 matrices.
+//!
+//! Layout: the activations are packed once per call as `[token tiles of 16][column quads][16]`
+//! (one `u32` holds 4 adjacent columns' 8-bit values), with per tile and block the 16 tokens'
+//! scales and sum starts. A tile of [`ROWS`] weight rows × 32 tokens broadcasts each row's
+//! 4 weights (from a Q4 block's nibbles: byte `j` holds weights `j` and `j + 16`) against two
+//! vectors of 16 tokens.
+
+use rayon::prelude::*;
+
+use super::quant::{quantize_act_block, Quantization, QBLOCK};
+
+/// Weight rows per tile of the kernel.
+const ROWS: usize = 4;
+/// Tokens per vector.
+const LANES: usize = 16;
+/// Column quads per block.
+const QUADS: usize = QBLOCK / 4;
+
+/// Whether this CPU runs the kernel (AVX-512 F, BW and VNNI).
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Activations quantized per block and packed for the kernel.
+struct Packed {
+    /// `[tiles][cols / 4][16]`: 4 columns' values of 16 tokens.
+    q: Vec<u32>,
+    /// `[tiles][blocks][16]`: block scales (0 past the last token).
+    d: Vec<f32>,
+    /// `[tiles][blocks][16]`: `−offset × Σ` of the block's values.
+    s: Vec<i32>,
+}
+
+fn pack(kind: Quantization, x: &[f32], n: usize, cols: usize) -> Packed {
+    let (quads, blocks) = (cols / 4, cols / QBLOCK);
+    let tiles = n.div_ceil(LANES);
+    let offset = match kind {
+        Quantization::Q8 => 128,
+        Quantization::Q4 => 8,
+    };
+    let mut p = Packed {
+        q: vec![0; tiles * quads * LANES],
+        d: vec![0.0; tiles * blocks * LANES],
+        s: vec![0; tiles * blocks * LANES],
+    };
+    p.q.par_chunks_mut(quads * LANES)
+        .zip(p.d.par_chunks_mut(blocks * LANES))
+        .zip(p.s.par_chunks_mut(blocks * LANES))
+        .enumerate()
+        .for_each(|(t, ((q, d), s))| {
+            let mut values = [0i8; QBLOCK];
+            let mut groups = [0i32; QUADS];
+            for l in 0..LANES.min(n - t * LANES) {
+                let j = t * LANES + l;
+                for b in 0..blocks {
+                    let src = &x[j * cols + b * QBLOCK..][..QBLOCK];
+                    d[b * LANES + l] = quantize_act_block(src, &mut values, &mut groups);
+                    s[b * LANES + l] = -offset * groups.iter().sum::<i32>();
+                    for (m, four) in values.chunks_exact(4).enumerate() {
+                        let v = u32::from_le_bytes([
+                            four[0] as u8,
+                            four[1] as u8,
+                            four[2] as u8,
+                            four[3] as u8,
+                        ]);
+                        q[(b * QUADS + m) * LANES + l] = v;
+                    }
+                }
+            }
+        });
+    p
+}
+
+/// `y = x · wᵀ` for a quantized `w` (`qs` and f16 `scales` as [`QuantMatrix`](super::QuantMatrix)
+/// stores them, `[rows, cols]`), `x` `[n, cols]`, `y` `[n, rows]`, with `x` quantized to 8 bits
+/// per block. Returns `false` (and leaves `y` alone) where the CPU lacks AVX-512 VNNI.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(
+    kind: Quantization,
+    qs: &[u8],
+    scales: &[u16],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> bool {
+    if !available() || !cols.is_multiple_of(QBLOCK) || cols == 0 {
+        return false;
+    }
+    let row_bytes = match kind {
+        Quantization::Q8 => cols,
+        Quantization::Q4 => cols / 2,
+    };
+    assert!(qs.len() >= rows * row_bytes && scales.len() >= rows * (cols / QBLOCK));
+    assert!(x.len() >= n * cols && y.len() >= n * rows);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let packed = pack(kind, x, n, cols);
+        let out = SharedOut(y.as_mut_ptr());
+        let groups = rows.div_ceil(ROWS);
+        (0..groups).into_par_iter().with_min_len(4).for_each(|g| {
+            let r0 = g * ROWS;
+            let nr = ROWS.min(rows - r0);
+            let job = x86::RowTile {
+                qs: &qs[r0 * row_bytes..],
+                scales: &scales[r0 * (cols / QBLOCK)..],
+                row_bytes,
+                nr,
+                cols,
+                n,
+            };
+            // SAFETY: the CPU has AVX-512 F, BW and VNNI (checked by `available`); the rows
+            // r0..r0 + nr lie in `qs` and `scales`, the packed tiles cover `n` tokens, and this
+            // task alone writes columns r0..r0 + nr of `y` (asserted lengths above).
+            unsafe {
+                match kind {
+                    Quantization::Q8 => job.run::<false>(&packed, &out, r0, rows),
+                    Quantization::Q4 => job.run::<true>(&packed, &out, r0, rows),
+                }
+            }
+        });
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (qs, scales, rows, x, n, y);
+        false
+    }
+}
+
+/// `y`'s pointer shared by the row tiles, which write disjoint columns.
+struct SharedOut(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its own columns of `y`).
+unsafe impl Sync for SharedOut {}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Packed, SharedOut, LANES, QBLOCK, QUADS, ROWS};
+    use std::arch::x86_64::*;
+
+    /// Up to [`ROWS`] consecutive weight rows.
+    pub(super) struct RowTile<'a> {
+        pub qs: &'a [u8],
+        pub scales: &'a [u16],
+        pub row_bytes: usize,
+        pub nr: usize,
+        pub cols: usize,
+        pub n: usize,
+    }
+
+    impl RowTile<'_> {
+        /// Columns `r0..r0 + nr` of `y` (`rows` wide) for every token, 32 at a time.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        pub(super) unsafe fn run<const Q4: bool>(
+            &self,
+            p: &Packed,
+            y: &SharedOut,
+            r0: usize,
+            rows: usize,
+        ) {
+            let blocks = self.cols / QBLOCK;
+            let tiles = self.n.div_ceil(LANES);
+            let mut ws = [0f32; ROWS * 256];
+            let mut ws_vec;
+            let ws: &mut [f32] = if self.nr * blocks <= ws.len() {
+                &mut ws[..self.nr * blocks]
+            } else {
+                ws_vec = vec![0f32; self.nr * blocks];
+                &mut ws_vec
+            };
+            for (w, &bits) in ws.iter_mut().zip(self.scales) {
+                *w = half::f16::from_bits(bits).to_f32();
+            }
+            let mut t = 0;
+            while t < tiles {
+                let tv = (tiles - t).min(2);
+                let mut acc = [[0f32; LANES]; 2 * ROWS];
+                macro_rules! dispatch {
+                    ($($r:literal)*) => {
+                        match (self.nr, tv) {
+                            $(($r, 2) => self.tile::<$r, 2, Q4>(p, t, ws, &mut acc),
+                              ($r, _) => self.tile::<$r, 1, Q4>(p, t, ws, &mut acc),)*
+                            _ => unreachable!("row tiles hold 1 to {ROWS} rows"),
+                        }
+                    };
+                }
+                dispatch!(1 2 3 4);
+                for r in 0..self.nr {
+                    for v in 0..tv {
+                        let j0 = (t + v) * LANES;
+                        for (l, &value) in acc[r * 2 + v].iter().enumerate().take(self.n - j0) {
+                            *y.0.add((j0 + l) * rows + r0 + r) = value;
+                        }
+                    }
+                }
+                t += tv;
+            }
+        }
+
+        /// `R` rows against `V` vectors of 16 tokens starting at tile `t`; results into
+        /// `acc[r · 2 + v]`. `ws` holds the rows' block scales as f32.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn tile<const R: usize, const V: usize, const Q4: bool>(
+            &self,
+            p: &Packed,
+            t: usize,
+            ws: &[f32],
+            acc: &mut [[f32; LANES]; 2 * ROWS],
+        ) {
+            let blocks = self.cols / QBLOCK;
+            let quads = self.cols / 4;
+            let nibbles = _mm512_set1_epi8(0x0F);
+            let mut sums = [[_mm512_setzero_ps(); V]; R];
+            let wq = self.qs.as_ptr();
+            for b in 0..blocks {
+                let mut ints = [[_mm512_setzero_si512(); V]; R];
+                let mut xd = [_mm512_setzero_ps(); V];
+                for v in 0..V {
+                    let at = ((t + v) * blocks + b) * LANES;
+                    let start = _mm512_loadu_si512(p.s.as_ptr().add(at) as *const _);
+                    xd[v] = _mm512_loadu_ps(p.d.as_ptr().add(at));
+                    for row in ints.iter_mut() {
+                        row[v] = start;
+                    }
+                }
+                for m in 0..QUADS {
+                    let mut xv = [_mm512_setzero_si512(); V];
+                    for (v, x) in xv.iter_mut().enumerate() {
+                        let at = ((t + v) * quads + b * QUADS + m) * LANES;
+                        *x = _mm512_loadu_si512(p.q.as_ptr().add(at) as *const _);
+                    }
+                    for (r, row) in ints.iter_mut().enumerate() {
+                        let w = if Q4 {
+                            // Weights 4m..4m + 4 of the block: low nibbles of bytes 4m.. for
+                            // the first half, high nibbles of bytes 4(m − 4).. for the second.
+                            let at = r * self.row_bytes + b * QBLOCK / 2 + 4 * (m % 4);
+                            let four =
+                                _mm512_set1_epi32((wq.add(at) as *const i32).read_unaligned());
+                            if m < 4 {
+                                _mm512_and_si512(four, nibbles)
+                            } else {
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(four), nibbles)
+                            }
+                        } else {
+                            let at = r * self.row_bytes + b * QBLOCK + 4 * m;
+                            _mm512_set1_epi32((wq.add(at) as *const i32).read_unaligned())
+                        };
+                        for (s, x) in row.iter_mut().zip(&xv) {
+                            *s = _mm512_dpbusd_epi32(*s, w, *x);
+                        }
+                    }
+                }
+                for (r, (row, ints)) in sums.iter_mut().zip(&ints).enumerate() {
+                    let wd = _mm512_set1_ps(ws[r * blocks + b]);
+                    for ((s, i), d) in row.iter_mut().zip(ints).zip(&xd) {
+                        *s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*i), _mm512_mul_ps(*d, wd), *s);
+                    }
+                }
+            }
+            for (r, row) in sums.iter().enumerate() {
+                for (v, s) in row.iter().enumerate() {
+                    _mm512_storeu_ps(acc[r * 2 + v].as_mut_ptr(), *s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::QuantMatrix;
+
+    /// Against the decode kernels, which quantize the activations the same way and sum the
+    /// same integers: equal up to the order of f32 additions.
+    #[test]
+    fn gemm_matches_the_decode_kernels() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        for kind in [Quantization::Q8, Quantization::Q4] {
+            for (rows, cols, n) in [(4, 32, 16), (13, 96, 5), (37, 64, 47), (9, 320, 33)] {
+                let w: Vec<f32> = (0..rows * cols)
+                    .map(|i| ((i * 7919 % 101) as f32 - 50.0) / 37.0)
+                    .collect();
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 104_729 % 97) as f32 - 48.0) / 13.0)
+                    .collect();
+                let m = QuantMatrix::quantize(kind, &w, rows, cols);
+                let mut y = vec![f32::NAN; n * rows];
+                assert!(m.gemm_int8(&x, n, &mut y));
+                for j in 0..n {
+                    let row = &x[j * cols..(j + 1) * cols];
+                    let acts = m.quantize_row(row);
+                    let mut want = vec![0f32; rows];
+                    m.rows_dot(&acts)(0, &mut want);
+                    for r in 0..rows {
+                        let got = y[j * rows + r];
+                        assert!(
+                            (got - want[r]).abs() <= 1e-4 * (1.0 + want[r].abs()),
+                            "{kind:?} {rows}x{cols}, n {n}: y[{j}, {r}] = {got}, want {}",
+                            want[r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
