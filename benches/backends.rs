@@ -8,6 +8,10 @@
 //!   positions) and gated MLP at SmolLM2-135M's width, for one new token.
 //! - `prefill_128`, `decode_16`: the whole model through the public API (the tiny shipped
 //!   checkpoint, or KILN_BENCH_MODEL=DIR).
+//! - `host_prefill`: kiln's CPU GEMMs on a TinyLlama-sized `[2048 × 2048]` weight and 128
+//!   activation rows: bf16 as stored with split and rounded activations (`vdpbf16ps` where the
+//!   CPU has AVX512-BF16, widened blocks and an f32 GEMM elsewhere), Q8 and Q4 (integer
+//!   `vpdpbusd` with AVX-512 VNNI, dequantized blocks elsewhere); throughput in FLOPs.
 //!
 //! `cargo bench --features ndarray,wgpu` (wgpu needs an adapter; lavapipe is software).
 //! KILN_BENCH_DEVICES=flex,ndarray picks backends.
@@ -17,8 +21,8 @@ use std::path::PathBuf;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kiln::nn::{
-    Activation, Attention, AttentionConfig, AttentionContext, GatedMlp, LayerCache, Linear,
-    RopeScaling, RotaryEmbedding,
+    Activation, Attention, AttentionConfig, AttentionContext, Bf16Activations, GatedMlp, HalfKind,
+    HalfMatrix, LayerCache, Linear, QuantMatrix, Quantization, RopeScaling, RotaryEmbedding,
 };
 use kiln::{Device, GenerationConfig, Model};
 
@@ -164,5 +168,37 @@ fn model(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, kernels, block, model);
+fn host_prefill(c: &mut Criterion) {
+    let (rows, cols, n) = (2048, 2048, 128);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| (((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5) * 0.04)
+        .collect();
+    let x: Vec<f32> = (0..n * cols)
+        .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 0.5)
+        .collect();
+    let bits: Vec<u16> = w
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_bits())
+        .collect();
+    let half = HalfMatrix::from_bits(HalfKind::Bf16, rows, cols, bits);
+    let mut g = c.benchmark_group("host_prefill");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(2 * (rows * cols * n) as u64));
+    for mode in [Bf16Activations::Split, Bf16Activations::Rounded] {
+        let m = half.clone().with_bf16_activations(mode);
+        let id = format!("bf16_{}", mode.name());
+        g.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| m.matmul_t(&x, n))
+        });
+    }
+    for q in [Quantization::Q8, Quantization::Q4] {
+        let m = QuantMatrix::quantize(q, &w, rows, cols);
+        g.bench_function(BenchmarkId::from_parameter(q.name()), |b| {
+            b.iter(|| m.matmul_t(&x, n))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, block, model, host_prefill);
 criterion_main!(benches);
