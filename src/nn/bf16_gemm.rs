@@ -23,6 +23,9 @@
 //! each row's column pair (4 bytes, read in place) against those vectors, keeping 24
 //! accumulators in registers. Row tiles run in parallel; each writes its own columns of `y`.
 
+// The packing and tiling helpers serve the x86-64 kernels only.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use rayon::prelude::*;
 
 /// Weight rows per tile of the kernel.

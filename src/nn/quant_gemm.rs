@@ -14,6 +14,9 @@
 //! 4 weights (from a Q4 block's nibbles: byte `j` holds weights `j` and `j + 16`) against two
 //! vectors of 16 tokens.
 
+// The packing and tiling helpers serve the x86-64 kernels only.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use rayon::prelude::*;
 
 use super::quant::{quantize_act_block, Quantization, QBLOCK};
