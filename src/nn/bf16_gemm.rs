@@ -31,7 +31,7 @@ use rayon::prelude::*;
 /// Weight rows per tile of the kernel.
 const ROWS: usize = 12;
 /// Tokens per vector.
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Whether this CPU runs the bf16 kernel (AVX-512 F and BF16).
 pub(crate) fn available() -> bool {
@@ -177,7 +177,11 @@ pub(crate) fn gemm(
         }
         let mut xp = PACKED.with(|s| std::mem::take(&mut *s.borrow_mut()));
         pack_activations(x, n, cols, mode, &mut xp);
-        let out = SharedOut(y.as_mut_ptr());
+        let out = SharedOut {
+            ptr: y.as_mut_ptr(),
+            n,
+            rows,
+        };
         let groups = rows.div_ceil(ROWS);
         (0..groups).into_par_iter().for_each(|g| {
             let r0 = g * ROWS;
@@ -187,12 +191,8 @@ pub(crate) fn gemm(
             // columns r0..r0 + nr of `y` (asserted lengths above).
             unsafe {
                 match mode {
-                    Bf16Activations::Split => {
-                        x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out, rows)
-                    }
-                    Bf16Activations::Rounded => {
-                        x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out, rows)
-                    }
+                    Bf16Activations::Split => x86::row_tile::<2>(w, r0, nr, cols, &xp, n, &out),
+                    Bf16Activations::Rounded => x86::row_tile::<1>(w, r0, nr, cols, &xp, n, &out),
                 }
             };
         });
@@ -206,10 +206,44 @@ pub(crate) fn gemm(
     }
 }
 
-/// `y`'s pointer shared by the row tiles, which write disjoint columns.
-struct SharedOut(*mut f32);
+/// `y`'s pointer (`[n, rows]`) shared by the row tiles of a GEMM, which write disjoint
+/// columns (also used by [`quant_gemm`](super::quant_gemm)).
+pub(super) struct SharedOut {
+    pub ptr: *mut f32,
+    pub n: usize,
+    pub rows: usize,
+}
 // SAFETY: every task writes a disjoint set of elements (its own columns of `y`).
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Writes a tile's results: `acc[r · 2 + v]` holds row `r0 + r` for the 16 tokens of token
+    /// tile `t + v` (`nr` rows, `tv` tiles; tokens past `n` dropped).
+    ///
+    /// # Safety
+    /// `r0 + nr ≤ rows`, and no other thread writes these columns meanwhile.
+    pub(super) unsafe fn write_tile(
+        &self,
+        acc: &[[f32; LANES]],
+        r0: usize,
+        nr: usize,
+        t: usize,
+        tv: usize,
+    ) {
+        for r in 0..nr {
+            for v in 0..tv {
+                let j0 = (t + v) * LANES;
+                for (l, &value) in acc[r * 2 + v]
+                    .iter()
+                    .enumerate()
+                    .take(self.n.saturating_sub(j0))
+                {
+                    *self.ptr.add((j0 + l) * self.rows + r0 + r) = value;
+                }
+            }
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -257,7 +291,6 @@ mod x86 {
         xp: &[u32],
         n: usize,
         y: &SharedOut,
-        rows: usize,
     ) {
         let pairs = cols / 2;
         let tiles = n.div_ceil(LANES);
@@ -277,15 +310,7 @@ mod x86 {
                 };
             }
             dispatch!(1 2 3 4 5 6 7 8 9 10 11 12);
-            for r in 0..nr {
-                for v in 0..tv {
-                    let lanes = &acc[r * 2 + v];
-                    let j0 = (t + v) * LANES;
-                    for (l, &value) in lanes.iter().enumerate().take(n.saturating_sub(j0)) {
-                        *y.0.add((j0 + l) * rows + r0 + r) = value;
-                    }
-                }
-            }
+            y.write_tile(&acc, r0, nr, t, tv);
             t += tv;
         }
     }

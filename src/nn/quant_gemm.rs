@@ -19,12 +19,11 @@
 
 use rayon::prelude::*;
 
+use super::bf16_gemm::{SharedOut, LANES};
 use super::quant::{quantize_act_block, Quantization, QBLOCK};
 
 /// Weight rows per tile of the kernel.
 const ROWS: usize = 4;
-/// Tokens per vector.
-const LANES: usize = 16;
 /// Column quads per block.
 const QUADS: usize = QBLOCK / 4;
 
@@ -118,7 +117,11 @@ pub(crate) fn gemm(
     #[cfg(target_arch = "x86_64")]
     {
         let packed = pack(kind, x, n, cols);
-        let out = SharedOut(y.as_mut_ptr());
+        let out = SharedOut {
+            ptr: y.as_mut_ptr(),
+            n,
+            rows,
+        };
         let groups = rows.div_ceil(ROWS);
         (0..groups).into_par_iter().with_min_len(4).for_each(|g| {
             let r0 = g * ROWS;
@@ -136,8 +139,8 @@ pub(crate) fn gemm(
             // task alone writes columns r0..r0 + nr of `y` (asserted lengths above).
             unsafe {
                 match kind {
-                    Quantization::Q8 => job.run::<false>(&packed, &out, r0, rows),
-                    Quantization::Q4 => job.run::<true>(&packed, &out, r0, rows),
+                    Quantization::Q8 => job.run::<false>(&packed, &out, r0),
+                    Quantization::Q4 => job.run::<true>(&packed, &out, r0),
                 }
             }
         });
@@ -149,11 +152,6 @@ pub(crate) fn gemm(
         false
     }
 }
-
-/// `y`'s pointer shared by the row tiles, which write disjoint columns.
-struct SharedOut(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its own columns of `y`).
-unsafe impl Sync for SharedOut {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -171,15 +169,9 @@ mod x86 {
     }
 
     impl RowTile<'_> {
-        /// Columns `r0..r0 + nr` of `y` (`rows` wide) for every token, 32 at a time.
+        /// Columns `r0..r0 + nr` of `y` for every token, 32 at a time.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub(super) unsafe fn run<const Q4: bool>(
-            &self,
-            p: &Packed,
-            y: &SharedOut,
-            r0: usize,
-            rows: usize,
-        ) {
+        pub(super) unsafe fn run<const Q4: bool>(&self, p: &Packed, y: &SharedOut, r0: usize) {
             let blocks = self.cols / QBLOCK;
             let tiles = self.n.div_ceil(LANES);
             let mut ws = [0f32; ROWS * 256];
@@ -207,14 +199,7 @@ mod x86 {
                     };
                 }
                 dispatch!(1 2 3 4);
-                for r in 0..self.nr {
-                    for v in 0..tv {
-                        let j0 = (t + v) * LANES;
-                        for (l, &value) in acc[r * 2 + v].iter().enumerate().take(self.n - j0) {
-                            *y.0.add((j0 + l) * rows + r0 + r) = value;
-                        }
-                    }
-                }
+                y.write_tile(&acc, r0, self.nr, t, tv);
                 t += tv;
             }
         }
