@@ -19,7 +19,7 @@
 //!
 //! Layout: the activations are packed once per call as `[token tiles of 16][column pairs]
 //! [parts][16]` (one `u32` holds a pair of adjacent columns' bf16 values), so a vector load
-//! gives one column pair of 16 tokens. A tile of [`ROWS`] weight rows × 32 tokens broadcasts
+//! gives one column pair of 16 tokens. A tile of 12 weight rows × 32 tokens broadcasts
 //! each row's column pair (4 bytes, read in place) against those vectors, keeping 24
 //! accumulators in registers. Row tiles run in parallel; each writes its own columns of `y`.
 

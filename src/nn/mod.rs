@@ -14,7 +14,7 @@ pub mod mlp;
 pub mod moe;
 pub mod norm;
 pub mod quant;
-mod quant_gemm;
+pub mod quant_gemm;
 pub mod rope;
 
 pub use activation::Activation;

@@ -10,7 +10,7 @@
 //!
 //! Layout: the activations are packed once per call as `[token tiles of 16][column quads][16]`
 //! (one `u32` holds 4 adjacent columns' 8-bit values), with per tile and block the 16 tokens'
-//! scales and sum starts. A tile of [`ROWS`] weight rows × 32 tokens broadcasts each row's
+//! scales and sum starts. A tile of 4 weight rows × 32 tokens broadcasts each row's
 //! 4 weights (from a Q4 block's nibbles: byte `j` holds weights `j` and `j + 16`) against two
 //! vectors of 16 tokens.
 
