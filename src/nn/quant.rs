@@ -6,9 +6,9 @@
 //! of 32 and the products are integer dot products (AVX-512 VNNI `dpbusd` or AVX2
 //! `maddubs`/`madd`, portable code elsewhere) scaled per block, reading 1.0625 (Q8) or 0.5625
 //! (Q4) bytes per weight. Prefill (many rows): the same integer arithmetic as a GEMM over
-//! tiles of rows and tokens where the CPU has AVX-512 VNNI ([`quant_gemm`](super::quant_gemm));
-//! elsewhere a block of weight rows is dequantized to f32 and multiplied by an f32 GEMM, with
-//! f32 activations.
+//! tiles of rows and tokens where the CPU has AVX2 or AVX-512 VNNI
+//! ([`quant_gemm`](super::quant_gemm)); elsewhere a block of weight rows is dequantized to f32
+//! and multiplied by an f32 GEMM, with f32 activations.
 
 use rayon::prelude::*;
 
@@ -246,7 +246,7 @@ impl QuantMatrix {
     }
 
     /// The integer GEMM of [`quant_gemm`](super::quant_gemm) (activations quantized per
-    /// block, as decode does); `false` where the CPU lacks AVX-512 VNNI.
+    /// block, as decode does); `false` where the CPU has neither AVX2 nor AVX-512 VNNI.
     pub(crate) fn gemm_int8(&self, x: &[f32], n: usize, y: &mut [f32]) -> bool {
         super::quant_gemm::gemm(
             self.kind,
@@ -258,6 +258,12 @@ impl QuantMatrix {
             n,
             y,
         )
+    }
+
+    /// The stored integers and f16 scales (for the kernels' tests).
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> (&[u8], &[u16]) {
+        (&self.qs, &self.scales)
     }
 
     /// Bytes of one row (integers and scales).
@@ -1091,7 +1097,7 @@ mod tests {
                     .iter()
                     .zip(&want)
                     .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
-                // Decode (n < 4) and the integer GEMM (AVX-512 VNNI) also quantize the
+                // Decode (n < 4) and the integer GEMM (AVX2, AVX-512 VNNI) also quantize the
                 // activations (8 bits per block): a small extra error.
                 let int8 = n < GEMM_MIN_ROWS || crate::nn::quant_gemm::available();
                 let tol = if int8 { 0.02 } else { 1e-4 };
