@@ -448,6 +448,12 @@ type DotFn = fn(&[u16], &[f32]) -> f32;
 fn dot_fn(kind: HalfKind) -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return match kind {
+                HalfKind::F16 => x86::dot_f16_512,
+                HalfKind::Bf16 => x86::dot_bf16_512,
+            };
+        }
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
@@ -653,6 +659,59 @@ mod x86 {
         }
     }
 
+    /// `Σ w·x` with 16-lane vectors: the 8-lane kernels above spend about twice the
+    /// instructions per cache line of weights, enough to cap them below what the memory
+    /// system delivers (measured on Zen 4: 32 GB/s for the 8-lane bf16 kernel whatever the
+    /// bandwidth, 35-48 GB/s for this one). Same products; the sums are grouped differently.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_half_512<const BF16: bool>(w: &[u16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let widen = |p: *const u16| {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            if BF16 {
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            } else {
+                _mm512_cvtph_ps(h)
+            }
+        };
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let wv = widen(wp.add(i + 16 * k));
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(widen(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc[0]);
+            i += 16;
+        }
+        let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut sum = _mm512_reduce_add_ps(s);
+        while i < n {
+            let v = if BF16 {
+                f32::from_bits((w[i] as u32) << 16)
+            } else {
+                half::f16::from_bits(w[i]).to_f32()
+            };
+            sum += v * x[i];
+            i += 1;
+        }
+        sum
+    }
+
+    pub fn dot_f16_512(w: &[u16], x: &[f32]) -> f32 {
+        // SAFETY: only handed out by dot_fn after detecting avx512f.
+        unsafe { dot_half_512::<false>(w, x) }
+    }
+
+    pub fn dot_bf16_512(w: &[u16], x: &[f32]) -> f32 {
+        // SAFETY: only handed out by dot_fn after detecting avx512f.
+        unsafe { dot_half_512::<true>(w, x) }
+    }
+
     pub fn dot_f16(w: &[u16], x: &[f32]) -> f32 {
         // SAFETY: only handed out by dot_fn after detecting avx2, fma and f16c.
         unsafe { dot_f16_impl(w, x) }
@@ -703,8 +762,11 @@ mod tests {
             if has!("avx2") && has!("fma") && has!("f16c") {
                 kernels.push(("avx2", x86::dot_f16, x86::dot_bf16));
             }
+            if has!("avx512f") {
+                kernels.push(("avx512", x86::dot_f16_512, x86::dot_bf16_512));
+            }
         }
-        for n in [0, 3, 8, 17, 32, 63, 64, 65, 130, 576] {
+        for n in [0, 3, 8, 16, 17, 32, 63, 64, 65, 80, 130, 576, 2048] {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let f: Vec<u16> = v.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
