@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (device tool), from the repository root, with .devbin/ holding
-# xz-compressed release binaries built here (bench, perplexity; conformance optional) and .gl/ the Vulkan loader .deb.
-#   strip -o .devbin/bench target/release/examples/bench && xz .devbin/bench   (same for the test)
-# It builds the bench checkpoints with transformers there, runs the conformance suite on the GPU
-# through wgpu (Vulkan) and measures prefill/decode with the bench example on wgpu and flex.
+# xz-compressed release binaries built here (bench, perplexity; the conformance and dtype test
+# binaries optional) and .gl/ the Vulkan loader .deb.
+#   strip -o .devbin/bench target/release/examples/bench && xz .devbin/bench   (same for the tests:
+#   `cargo test --release --features ndarray,wgpu --no-run --test conformance --test dtype` names them)
+# It builds the bench checkpoints with transformers there, runs the conformance and dtype suites
+# on the GPU through wgpu (Vulkan) over every fixture (KILN_TEST_WGPU_ALL=1; lavapipe in CI runs
+# a subset) and measures prefill/decode with the bench example on wgpu and the host CPU.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
@@ -15,10 +18,13 @@ mkdir -p /tmp/bin; for b in .devbin/*.xz; do n=$(basename "$b" .xz); xz -dc "$b"
 mkdir -p /work; [ -e /work/main ] || ln -s "$PWD" /work/main
 python3 tools/make_bench_model.py smollm2-135m /tmp/smollm2 > "$OUT/models.log" 2>&1 &
 python3 tools/make_bench_model.py tinyllama-1.1b /tmp/tinyllama >> "$OUT/models.log" 2>&1 &
-if [ -x /tmp/bin/conformance ]; then
-  (cd /work/main && timeout 200 /tmp/bin/conformance --test-threads 2 > "$OUT/conformance.log" 2>&1; echo "conformance rc=$?")
-  grep -E "test result|FAILED|panicked|adapter" "$OUT/conformance.log" | head -20
-fi
+export KILN_FIXTURES_DIR=$PWD/tests/fixtures KILN_TEST_WGPU_ALL=1
+for t in conformance dtype; do
+  if [ -x /tmp/bin/$t ]; then
+    (cd /work/main && timeout 200 /tmp/bin/$t --nocapture --test-threads 2 > "$OUT/$t.log" 2>&1; echo "$t rc=$?")
+    grep -E "test result|FAILED|panicked|adapter" "$OUT/$t.log" | head -20
+  fi
+done
 wait; cat "$OUT/models.log"
 RUST_LOG=kiln=info timeout 20 /tmp/bin/bench --model tests/fixtures/llama-f32 --device wgpu --prompt-len 4 --gen 2 --json 2>&1 | grep -o "wgpu adapters.*"
 for m in ${MODELS:-tinyllama smollm2}; do

@@ -81,9 +81,12 @@ pub const WGPU_FIXTURES: &[&str] = &[
     "gpt2-f32",
 ];
 
-/// Whether `fixture` runs on `device`.
+/// Whether `fixture` runs on `device`. On a real GPU, `KILN_TEST_WGPU_ALL=1` runs every
+/// fixture on wgpu too.
 pub fn runs_on(device: &kiln::Device, fixture: &str) -> bool {
-    device.kind() != kiln::BackendKind::Wgpu || WGPU_FIXTURES.contains(&fixture)
+    device.kind() != kiln::BackendKind::Wgpu
+        || WGPU_FIXTURES.contains(&fixture)
+        || std::env::var("KILN_TEST_WGPU_ALL").as_deref() == Ok("1")
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
