@@ -90,10 +90,7 @@ fn run(args: Args) -> kiln::Result<()> {
     if args.common.json {
         common::outln(format!("{out}"));
     } else {
-        common::outln(format!(
-            "{}",
-            serde_json::to_string_pretty(&out).unwrap_or_default()
-        ));
+        common::outln(serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     Ok(())
 }

@@ -50,7 +50,7 @@ pub fn head_shape(
     }
     let head_dim = match head_dim {
         Some(d) => positive("head_dim", d)?,
-        None if hidden % heads != 0 => {
+        None if !hidden.is_multiple_of(heads) => {
             return Err(format!(
                 "hidden_size ({hidden}) is not divisible by num_attention_heads ({heads}) and no head_dim is given"
             ))
@@ -123,7 +123,7 @@ pub fn rotary_dim(
         ));
     }
     let dim = (head_dim as f64 * factor) as usize;
-    if dim == 0 || dim % 2 != 0 {
+    if dim == 0 || !dim.is_multiple_of(2) {
         return Err(format!(
             "partial_rotary_factor {factor} of head_dim {head_dim} gives {dim} rotary features; it must be even and positive"
         ));

@@ -268,8 +268,10 @@ fn layer_windows(
     })
 }
 
-/// The feed-forward part of a layer.
+/// The feed-forward part of a layer (one per layer, built once and never moved about: the
+/// variants' size difference costs nothing).
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Ffn {
     Dense(GatedMlp),
     Moe(SparseMoe),

@@ -11,6 +11,9 @@ use crate::error::Result;
 use crate::loading::WeightStore;
 use crate::nn::{LayerCache, Linear, RmsNorm, RotaryEmbedding};
 
+/// Causal masks cached per (sequence length, sliding window).
+type MaskKey = (usize, Option<usize>);
+
 /// Shape and options of one attention block.
 #[derive(Debug, Clone)]
 pub struct AttentionConfig {
@@ -81,7 +84,7 @@ pub struct AttentionContext {
     rope: Option<(RotaryEmbedding, Tensor<4>, Tensor<4>)>,
     group: usize,
     device: Device,
-    masks: RefCell<HashMap<(usize, Option<usize>), Option<Tensor<4>>>>,
+    masks: RefCell<HashMap<MaskKey, Option<Tensor<4>>>>,
 }
 
 impl AttentionContext {

@@ -80,7 +80,7 @@ impl HalfMatrix {
         start: usize,
     ) -> Self {
         let len = rows * cols;
-        let bytes = if (map.as_ptr() as usize + start) % 2 == 0 {
+        let bytes = if (map.as_ptr() as usize + start).is_multiple_of(2) {
             Bytes::Mapped { map, start, len }
         } else {
             let raw = &map[start..start + 2 * len];
@@ -471,35 +471,30 @@ fn dot_fn(kind: HalfKind) -> DotFn {
 }
 
 fn dot_f16_portable(w: &[u16], x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = w.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            let i = c * 8 + l;
-            acc[l] += f16::from_bits(w[i]).to_f32() * x[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..w.len() {
-        sum += f16::from_bits(w[i]).to_f32() * x[i];
-    }
-    sum
+    dot_half_portable(w, x, |b| f16::from_bits(b).to_f32())
 }
 
 fn dot_bf16_portable(w: &[u16], x: &[f32]) -> f32 {
+    dot_half_portable(w, x, |b| bf16::from_bits(b).to_f32())
+}
+
+/// `Σ widen(w)·x` in 8 independent lanes (see [`dot_f32_portable`]).
+fn dot_half_portable(w: &[u16], x: &[f32], widen: impl Fn(u16) -> f32) -> f32 {
+    let x = &x[..w.len()];
+    let (cw, cx) = (w.chunks_exact(8), x.chunks_exact(8));
+    let tail: f32 = cw
+        .remainder()
+        .iter()
+        .zip(cx.remainder())
+        .map(|(&a, b)| widen(a) * b)
+        .sum();
     let mut acc = [0f32; 8];
-    let chunks = w.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            let i = c * 8 + l;
-            acc[l] += bf16::from_bits(w[i]).to_f32() * x[i];
+    for (a, b) in cw.zip(cx) {
+        for (l, s) in acc.iter_mut().enumerate() {
+            *s += widen(a[l]) * b[l];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..w.len() {
-        sum += bf16::from_bits(w[i]).to_f32() * x[i];
-    }
-    sum
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -77,7 +77,7 @@ const GEMM_MIN_ROWS: usize = 4;
 impl QuantMatrix {
     /// Whether a row of `cols` values can be quantized (whole blocks only).
     pub fn fits(cols: usize) -> bool {
-        cols > 0 && cols % QBLOCK == 0
+        cols > 0 && cols.is_multiple_of(QBLOCK)
     }
 
     /// Quantizes a row-major `[rows, cols]` f32 matrix (`cols` a multiple of [`QBLOCK`]).

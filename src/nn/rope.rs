@@ -71,7 +71,7 @@ impl RotaryEmbedding {
         theta: f64,
         scaling: &RopeScaling,
     ) -> Result<Self> {
-        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             return Err(Error::invalid_arg(
                 "head_dim",
                 format!("rotary embeddings need an even rotary dimension <= head_dim ({head_dim}), got {rotary_dim}"),
