@@ -662,9 +662,10 @@ mod x86 {
     }
 
     /// `Σ w·x` with 16-lane vectors: the 8-lane kernels above spend about twice the
-    /// instructions per cache line of weights, enough to cap them below what the memory
-    /// system delivers (measured on Zen 4: 32 GB/s for the 8-lane bf16 kernel whatever the
-    /// bandwidth, 35-48 GB/s for this one). Same products; the sums are grouped differently.
+    /// instructions per cache line of weights, which caps them below what a fast memory system
+    /// delivers (a C model on Zen 4 with 2 threads: 32-33 GB/s for the 8-lane bf16 kernel
+    /// whatever the bandwidth, 33-48 GB/s for this one; at 30-35 GB/s both are memory-bound).
+    /// Same products; the sums are grouped differently.
     #[target_feature(enable = "avx512f")]
     unsafe fn dot_half_512<const BF16: bool>(w: &[u16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
