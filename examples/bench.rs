@@ -84,6 +84,7 @@ fn run(args: Args) -> kiln::Result<()> {
         "dtype": device.dtype().name(),
         "quantize": args.common.quantize.as_deref().unwrap_or("none"),
         "bf16_activations": args.common.bf16_activations.as_deref().unwrap_or("split"),
+        "weights": args.common.weights.as_deref().unwrap_or("mapped"),
         "prompt_len": args.prompt_len,
         "gen": stats.generated_tokens,
     });

@@ -51,7 +51,7 @@ pub use generation::{
     Token, TokenLogprobs, TopLogprob,
 };
 pub use loading::LoraAdapter;
-pub use model::{LoadOptions, Model, Trace, TraceOptions};
+pub use model::{LoadOptions, Model, Trace, TraceOptions, WeightMemory};
 pub use nn::{Bf16Activations, Quantization};
 pub use session::Session;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

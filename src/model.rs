@@ -57,6 +57,41 @@ pub struct LoadOptions {
     /// How activations meet bf16 weights in prefill on CPUs with AVX512-BF16: split into two
     /// bf16 values (the default, 16 significant bits) or rounded to one (twice as fast).
     pub bf16_activations: Bf16Activations,
+    /// Where half-precision weights kept as stored on CPU devices live ([`WeightMemory`]).
+    pub weight_memory: WeightMemory,
+}
+
+/// Where the half-precision weights that CPU devices keep as stored (f16/bf16 projections
+/// read by kiln's own kernels) live once loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightMemory {
+    /// Read through the memory-mapped safetensors file (the default): ready at once, pages
+    /// shared with other processes through the page cache. The mapping asks for huge pages
+    /// (Linux), which the kernel uses for file data it reads from disk from then on; data
+    /// already cached in small pages stays in them.
+    #[default]
+    Mapped,
+    /// Copied into memory of the process's own at load, which asks the OS for transparent
+    /// huge pages (Linux) whatever the page cache holds: every decode step streams all of
+    /// them, and they stream faster from huge pages (docs/performance.md: 6-11 % more tokens/s
+    /// measured on a 2-core VM). Loading takes the copy (on that VM about 1.2 s per GB, most
+    /// of it the kernel handing out fresh pages), and each process holds its own copy.
+    /// Embedding tables stay mapped (a step reads one row of them).
+    Resident,
+}
+
+impl WeightMemory {
+    /// Parses `resident` or `mapped` (command-line flags).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "resident" => Ok(Self::Resident),
+            "mapped" | "mmap" => Ok(Self::Mapped),
+            other => Err(Error::invalid_arg(
+                "weight_memory",
+                format!("{other:?} is not a weight memory (resident or mapped)"),
+            )),
+        }
+    }
 }
 
 impl LoadOptions {
@@ -79,6 +114,12 @@ impl LoadOptions {
     /// the weights they change and applied as `y += B (A x)` while it is active.
     pub fn switchable_adapter(mut self, name: impl Into<String>, adapter: LoraAdapter) -> Self {
         self.switchable.push((name.into(), Arc::new(adapter)));
+        self
+    }
+
+    /// Chooses where half-precision weights live on CPU devices ([`WeightMemory`]).
+    pub fn weight_memory(mut self, memory: WeightMemory) -> Self {
+        self.weight_memory = memory;
         self
     }
 
@@ -141,6 +182,7 @@ impl Model {
         let mut store = WeightStore::open(dir)?;
         store.set_quantization(options.quantize);
         store.set_bf16_activations(options.bf16_activations);
+        store.set_weight_memory(options.weight_memory);
         store.set_adapter(options.adapter.clone());
         let mut adapter_names: Vec<String> = Vec::new();
         for (name, _) in &options.switchable {

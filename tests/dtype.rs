@@ -121,3 +121,44 @@ fn bf16_activation_modes_stay_close_to_transformers() {
     }
     assert!(checked >= 6, "only {checked} bf16 fixtures");
 }
+
+/// `WeightMemory::Resident` copies the half-precision projections into memory of kiln's own
+/// at load: the same bits through the same kernels, so prefill logits, decode logits and
+/// greedy continuations equal those of the memory-mapped weights exactly, and the
+/// continuations still match transformers'.
+#[test]
+fn resident_weights_answer_as_mapped_ones() {
+    use kiln::{GenerationConfig, LoadOptions, WeightMemory};
+    let cfg = GenerationConfig::default()
+        .max_new_tokens(8)
+        .ignore_eos(true);
+    let mut checked = 0;
+    for (name, dir, exp) in fixtures() {
+        if exp.architecture == "bert" || exp.stored_dtype == "float32" {
+            continue;
+        }
+        let load = |memory| {
+            let opts = LoadOptions::default().weight_memory(memory);
+            Model::load_with(&dir, &kiln::Device::cpu(), opts)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let (mapped, resident) = (load(WeightMemory::Mapped), load(WeightMemory::Resident));
+        let prefill = |m: &Model| m.forward_logits(&exp.prompt_ids).unwrap();
+        assert_eq!(
+            prefill(&mapped),
+            prefill(&resident),
+            "{name}: prefill logits"
+        );
+        // One decode step after the prompt.
+        let step = |m: &Model| {
+            let mut s = m.session();
+            s.append(&exp.prompt_ids).unwrap();
+            s.append(&exp.greedy_ids[..1]).unwrap()
+        };
+        assert_eq!(step(&mapped), step(&resident), "{name}: decode logits");
+        let ids = common::gen_ids(&mut resident.session(), &exp.prompt_ids, &cfg);
+        assert_eq!(ids, exp.greedy_ids[..8], "{name}: greedy ids");
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} half-precision fixtures ran");
+}

@@ -336,6 +336,25 @@ fn unknown_device_names() {
 }
 
 #[test]
+fn weight_memory_names() {
+    use kiln::WeightMemory;
+    assert_eq!(
+        WeightMemory::from_name("resident").unwrap(),
+        WeightMemory::Resident
+    );
+    assert_eq!(
+        WeightMemory::from_name("mapped").unwrap(),
+        WeightMemory::Mapped
+    );
+    assert_eq!(WeightMemory::default(), WeightMemory::Mapped);
+    let err = WeightMemory::from_name("ram").unwrap_err().to_string();
+    assert!(
+        err.contains("\"ram\"") && err.contains("resident or mapped"),
+        "{err}"
+    );
+}
+
+#[test]
 fn dtype_names_and_support() {
     use kiln::Dtype;
     assert_eq!(Dtype::from_name("float16").unwrap(), Dtype::F16);

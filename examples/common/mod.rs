@@ -26,6 +26,11 @@ pub struct CommonArgs {
     /// (default, as accurate as f32 to 16 bits) or rounded (bf16 activations, twice as fast).
     #[arg(long, value_name = "MODE")]
     pub bf16_activations: Option<String>,
+    /// Where half-precision weights live on CPU devices: mapped (default: read through the
+    /// memory-mapped file; instant load, shared page cache) or resident (copied into memory at
+    /// load, on huge pages where the OS offers them: faster decode, slower load).
+    #[arg(long, value_name = "WHERE")]
+    pub weights: Option<String>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged
     /// into the model at load.
     #[arg(long, value_name = "DIR")]
@@ -208,6 +213,14 @@ impl CommonArgs {
                 kiln::Error::InvalidArgument {
                     name: "--bf16-activations".into(),
                     message: format!("unknown mode {m:?}; expected split or rounded"),
+                }
+            })?);
+        }
+        if let Some(w) = &self.weights {
+            o = o.weight_memory(kiln::WeightMemory::from_name(w).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--weights".into(),
+                    message: format!("unknown weight memory {w:?}; expected resident or mapped"),
                 }
             })?);
         }

@@ -18,6 +18,8 @@ use safetensors::{Dtype, SafeTensors};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::loading::{LoraAdapter, LoraDelta};
+use crate::model::WeightMemory;
+use crate::nn::host::WeightArena;
 use crate::nn::{Bf16Activations, HalfKind, HalfMatrix, QuantMatrix, Quantization};
 
 /// Names that checkpoints sometimes carry but that hold nothing the model needs
@@ -45,6 +47,9 @@ pub struct WeightStore {
     adapted: HashSet<String>,
     /// Switchable adapters (kept apart, chosen per session), and the weights each has matched.
     slots: Vec<(Arc<LoraAdapter>, HashSet<String>)>,
+    /// Where projection weights kept in half precision are copied ([`WeightMemory::Resident`]);
+    /// `None` reads them through the file mapping.
+    arena: Option<WeightArena>,
 }
 
 impl WeightStore {
@@ -112,6 +117,7 @@ impl WeightStore {
             adapter: None,
             adapted: HashSet::new(),
             slots: Vec::new(),
+            arena: None,
         }
     }
 
@@ -184,6 +190,11 @@ impl WeightStore {
         // SAFETY: the mapping is read-only; a model folder modified while loaded is outside
         // what kiln (or any mmap-based loader) can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        // Pages read from disk through this mapping then come in 2 MiB folios where the kernel
+        // supports them: decode streams every weight once per token, and weights in huge pages
+        // stream faster (fewer TLB misses; docs/performance.md). Advice only.
+        #[cfg(target_os = "linux")]
+        let _ = mmap.advise(memmap2::Advice::HugePage);
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
                 path: path.clone(),
@@ -244,7 +255,7 @@ impl WeightStore {
             // update apart (`take_half_adapted`).
             return Ok(None);
         }
-        self.take_half_raw(name, rows, cols)
+        self.take_half_raw(name, rows, cols, false)
     }
 
     /// [`WeightStore::take_half`] for a weight a LoRA update may apply to: the half-precision
@@ -258,7 +269,9 @@ impl WeightStore {
         cols: usize,
     ) -> Result<Option<(HalfMatrix, Option<Arc<LoraDelta>>)>> {
         let Some(adapter) = self.adapter_for(name).cloned() else {
-            return Ok(self.take_half_raw(name, rows, cols)?.map(|m| (m, None)));
+            return Ok(self
+                .take_half_raw(name, rows, cols, true)?
+                .map(|m| (m, None)));
         };
         let Some(delta) = adapter.delta(name) else {
             return Ok(None);
@@ -267,18 +280,21 @@ impl WeightStore {
             return Ok(None);
         }
         adapter.check_shape(name, &[rows, cols])?;
-        let m = self.take_half_raw(name, rows, cols)?;
+        let m = self.take_half_raw(name, rows, cols, true)?;
         if m.is_some() {
             self.adapted.insert(name.to_string());
         }
         Ok(m.map(|m| (m, Some(delta))))
     }
 
+    /// `copy`: into the arena, when the store has one (weights that every decode step streams;
+    /// an embedding table, of which a step reads one row, stays mapped).
     fn take_half_raw(
         &mut self,
         name: &str,
         rows: usize,
         cols: usize,
+        copy: bool,
     ) -> Result<Option<HalfMatrix>> {
         let kind = match self.entries.get(name).map(|e| e.dtype) {
             Some(Dtype::F16) => HalfKind::F16,
@@ -287,10 +303,35 @@ impl WeightStore {
         };
         let (file, start) = self.checked_range(name, &[rows, cols])?;
         self.taken.insert(name.to_string());
-        Ok(Some(
-            HalfMatrix::from_map(kind, rows, cols, self.files[file].1.clone(), start)
-                .with_bf16_activations(self.bf16_activations),
-        ))
+        let map = &self.files[file].1;
+        let copied = match (&mut self.arena, copy) {
+            (Some(arena), true) => {
+                let src = &map[start..start + 2 * rows * cols];
+                match HalfMatrix::copied(kind, rows, cols, src, arena) {
+                    Ok(m) => {
+                        release(map, start, start + 2 * rows * cols);
+                        Some(m)
+                    }
+                    Err(e) => {
+                        // Keep the mapped matrix rather than fail the load.
+                        tracing::warn!("{name} stays memory-mapped: no memory to copy it: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let m =
+            copied.unwrap_or_else(|| HalfMatrix::from_map(kind, rows, cols, map.clone(), start));
+        Ok(Some(m.with_bf16_activations(self.bf16_activations)))
+    }
+
+    /// Where the half-precision projection weights it hands out from now on live.
+    pub fn set_weight_memory(&mut self, memory: WeightMemory) {
+        self.arena = match memory {
+            WeightMemory::Resident => Some(WeightArena::default()),
+            WeightMemory::Mapped => None,
+        };
     }
 
     /// How the half-precision matrices it hands out multiply bf16 weights in prefill.
