@@ -484,45 +484,113 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
-/// `scores[t] = q · rows[t·stride..t·stride + q.len()]` for every `t < scores.len()`:
-/// attention's scores of one query head over a cache with `stride` values per position, in
-/// one call (the per-position calls of [`dot_f32`] cost as much as the 64-value products).
-pub(crate) fn dot_rows(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
-    let d = q.len();
-    if let Some(last) = scores.len().checked_sub(1) {
-        assert!(rows.len() >= last * stride + d, "dot_rows: rows too short");
-    }
+/// Attention scores of one token's query heads over cached key rows, reading each row once
+/// (position by position, every head): `scores[h·n + t] = q[h·d..][..d] · rows[t·stride +
+/// (h / group)·d..][..d]`, for the `heads = q.len() / d` heads and `n = scores.len() / heads`
+/// rows of `stride` values. Streaming whole rows in order lets the hardware prefetch them; one
+/// head at a time reads a short piece of every row and waits on memory for most of them.
+pub(crate) fn head_scores(
+    q: &[f32],
+    d: usize,
+    group: usize,
+    rows: &[f32],
+    stride: usize,
+    scores: &mut [f32],
+) {
+    let heads = q.len() / d.max(1);
+    let n = scores.len() / heads.max(1);
+    check_head_rows(heads, d, group, n, rows, stride, "head_scores");
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the features were just detected; the lengths were checked.
-        return unsafe { x86::dot_rows_impl(q, rows, stride, scores) };
+        // SAFETY: the features were just detected; the layout was checked.
+        return unsafe { x86::head_scores_impl(q, d, group, rows, stride, scores) };
     }
-    for (t, s) in scores.iter_mut().enumerate() {
-        *s = dot_f32_portable(q, &rows[t * stride..t * stride + d]);
+    for t in 0..n {
+        let row = &rows[t * stride..];
+        for h in 0..heads {
+            let k = &row[(h / group) * d..(h / group + 1) * d];
+            scores[h * n + t] = dot_f32(&q[h * d..(h + 1) * d], k);
+        }
     }
 }
 
-/// `out = Σₜ p[t] · rows[t·stride..t·stride + out.len()]`: attention's weighted sum of the
-/// value rows, accumulated in registers (AVX2/FMA where the CPU has them).
-pub(crate) fn weighted_rows(p: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-    let d = out.len();
-    if let Some(last) = p.len().checked_sub(1) {
-        assert!(
-            rows.len() >= last * stride + d,
-            "weighted_rows: rows too short"
-        );
-    }
+/// Attention's weighted sums for every head of one token, reading each value row once:
+/// `out[h·d..][..d] = Σₜ p[h·n + t] · rows[t·stride + (h / group)·d..][..d]`, for the
+/// `heads = out.len() / d` heads and `n = p.len() / heads` rows of `stride` values.
+pub(crate) fn head_weighted(
+    p: &[f32],
+    d: usize,
+    group: usize,
+    rows: &[f32],
+    stride: usize,
+    out: &mut [f32],
+) {
+    let heads = out.len() / d.max(1);
+    let n = p.len() / heads.max(1);
+    check_head_rows(heads, d, group, n, rows, stride, "head_weighted");
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the features were just detected; the lengths were checked.
-        return unsafe { x86::weighted_rows_impl(p, rows, stride, out) };
+        // SAFETY: the features were just detected; the layout was checked.
+        return unsafe { x86::head_weighted_impl(p, d, group, rows, stride, out) };
     }
     out.fill(0.0);
-    for (t, &a) in p.iter().enumerate() {
-        out.iter_mut()
-            .zip(&rows[t * stride..t * stride + d])
-            .for_each(|(o, v)| *o += a * v);
+    for t in 0..n {
+        let row = &rows[t * stride..];
+        for (h, o) in out.chunks_exact_mut(d).enumerate() {
+            let v = &row[(h / group) * d..(h / group + 1) * d];
+            axpy(o, p[h * n + t], v);
+        }
     }
+}
+
+/// The layout [`head_scores`] and [`head_weighted`] read: every head's key/value head in each
+/// of the `n` rows.
+fn check_head_rows(
+    heads: usize,
+    d: usize,
+    group: usize,
+    n: usize,
+    rows: &[f32],
+    stride: usize,
+    what: &str,
+) {
+    assert!(group >= 1 && d >= 1, "{what}: empty heads");
+    let kv_heads = heads.div_ceil(group);
+    assert!(kv_heads * d <= stride, "{what}: heads wider than a row");
+    if let Some(last) = n.checked_sub(1) {
+        assert!(
+            rows.len() >= last * stride + kv_heads * d,
+            "{what}: rows too short"
+        );
+    }
+}
+
+/// `s[i] = exp(s[i] - max)` for every `i`, returning their sum: a softmax's exponentials
+/// (`max` at least every value). AVX2/FMA where the CPU has them, with a polynomial `exp`
+/// within 2 ulp of the exact one (the standard library's scalar `exp` took most of a decode
+/// step's softmax time); the standard library's elsewhere.
+pub(crate) fn exp_shifted(s: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { x86::exp_shifted_impl(s, max) };
+    }
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
+}
+
+/// `y += a·x` (AVX2/FMA where the CPU has them).
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected; the kernel stays within the shorter slice.
+        return unsafe { x86::axpy_impl(y, a, x) };
+    }
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
 /// [`dot_f32`] in 8 independent lanes so that the compiler vectorises it (one running sum
@@ -722,60 +790,127 @@ mod x86 {
         sum
     }
 
-    /// [`super::dot_rows`]; the caller has checked that `rows` holds every row.
+    /// [`super::head_scores`]; the caller has checked the layout.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows_impl(q: &[f32], rows: &[f32], stride: usize, scores: &mut [f32]) {
-        let d = q.len();
-        for (t, s) in scores.iter_mut().enumerate() {
-            *s = dot_f32_impl(q, &rows[t * stride..t * stride + d]);
+    pub(super) unsafe fn head_scores_impl(
+        q: &[f32],
+        d: usize,
+        group: usize,
+        rows: &[f32],
+        stride: usize,
+        scores: &mut [f32],
+    ) {
+        let heads = q.len() / d;
+        let n = scores.len() / heads;
+        for t in 0..n {
+            let row = &rows[t * stride..];
+            for h in 0..heads {
+                let k = &row[(h / group) * d..(h / group + 1) * d];
+                scores[h * n + t] = dot_f32_impl(&q[h * d..(h + 1) * d], k);
+            }
         }
     }
 
-    /// [`super::weighted_rows`]: 32 output values at a time in four registers over every row,
-    /// then 8 at a time, then the rest.
+    /// [`super::head_weighted`]; the caller has checked the layout.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_rows_impl(
+    pub(super) unsafe fn head_weighted_impl(
         p: &[f32],
+        d: usize,
+        group: usize,
         rows: &[f32],
         stride: usize,
         out: &mut [f32],
     ) {
-        let d = out.len();
-        let (rp, op) = (rows.as_ptr(), out.as_mut_ptr());
-        let mut c = 0;
-        while c + 32 <= d {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (t, &a) in p.iter().enumerate() {
-                let a = _mm256_set1_ps(a);
-                let r = rp.add(t * stride + c);
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(r.add(8 * k)), *acc);
-                }
+        let heads = out.len() / d;
+        let n = p.len() / heads;
+        out.fill(0.0);
+        for t in 0..n {
+            let row = &rows[t * stride..];
+            for (h, o) in out.chunks_exact_mut(d).enumerate() {
+                let v = &row[(h / group) * d..(h / group + 1) * d];
+                axpy_impl(o, p[h * n + t], v);
             }
-            for (k, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(op.add(c + 8 * k), *acc);
-            }
-            c += 32;
         }
-        while c + 8 <= d {
-            let mut acc = _mm256_setzero_ps();
-            for (t, &a) in p.iter().enumerate() {
-                acc = _mm256_fmadd_ps(
-                    _mm256_set1_ps(a),
-                    _mm256_loadu_ps(rp.add(t * stride + c)),
-                    acc,
-                );
-            }
-            _mm256_storeu_ps(op.add(c), acc);
-            c += 8;
+    }
+
+    /// `exp` of 8 values ≤ 0 (Cephes' single-precision polynomial: `2^k · e^r` with
+    /// `|r| ≤ ln 2 / 2`); values below -87 give `e^-87` (≈ 1.6e-38) instead of smaller ones.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let k = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        // r = x - k·ln 2, with ln 2 in two parts so that the product is exact enough.
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
         }
-        while c < d {
-            let mut acc = 0f32;
-            for (t, &a) in p.iter().enumerate() {
-                acc += a * *rp.add(t * stride + c);
-            }
-            *op.add(c) = acc;
-            c += 1;
+        let y = _mm256_fmadd_ps(
+            y,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(k),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+    }
+
+    /// [`super::exp_shifted`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_shifted_impl(s: &mut [f32], max: f32) -> f32 {
+        let n = s.len();
+        let p = s.as_mut_ptr();
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        if i < n {
+            // The tail through the same polynomial, padded with exp(-87).
+            let mut tail = [-87.0f32; 8];
+            tail[..n - i].copy_from_slice(&s[i..]);
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(tail.as_ptr()), m));
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), e);
+            s[i..].copy_from_slice(&out[..n - i]);
+            sum += out[..n - i].iter().sum::<f32>();
+        }
+        sum
+    }
+
+    /// [`super::axpy`].
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn axpy_impl(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
+            _mm256_storeu_ps(yp.add(i), v);
+            i += 8;
+        }
+        while i < n {
+            *yp.add(i) += a * *xp.add(i);
+            i += 1;
         }
     }
 
@@ -986,29 +1121,76 @@ mod tests {
     /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
     /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
-    fn row_kernels_match_plain_sums() {
-        for d in [1, 5, 8, 24, 32, 40, 64, 77, 128] {
-            let (stride, total) = (d * 3 + 1, 11);
-            let rows: Vec<f32> = (0..(total - 1) * stride + d)
+    fn shifted_exponentials_are_accurate() {
+        for n in [0, 1, 7, 8, 9, 100, 1001] {
+            let mut s: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 90.0) * 0.37)
+                .collect();
+            let max = s
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+                .max(-1.0);
+            let want: Vec<f64> = s.iter().map(|&v| ((v - max) as f64).exp()).collect();
+            let sum = exp_shifted(&mut s, max);
+            for (i, (&got, &w)) in s.iter().zip(&want).enumerate() {
+                assert!(
+                    (got as f64 - w).abs() <= 3e-7 * w + 1e-37,
+                    "n={n} i={i}: {got} vs {w}"
+                );
+            }
+            let total: f64 = want.iter().sum();
+            assert!(
+                (sum as f64 - total).abs() <= 1e-6 * total + 1e-37,
+                "n={n} sum"
+            );
+        }
+        // Down to the underflow bound and at zero.
+        let mut s = vec![0.0f32, -1e-3, -10.0, -50.0, -86.0, -87.0];
+        let want: Vec<f64> = s.iter().map(|&v| (v as f64).exp()).collect();
+        exp_shifted(&mut s, 0.0);
+        for (&got, &w) in s.iter().zip(&want) {
+            assert!((got as f64 - w).abs() <= 3e-7 * w, "{got} vs {w}");
+        }
+    }
+
+    #[test]
+    fn head_kernels_match_plain_sums() {
+        for (d, heads, group) in [
+            (1, 1, 1),
+            (5, 3, 3),
+            (8, 4, 2),
+            (24, 2, 1),
+            (64, 9, 3),
+            (77, 4, 4),
+        ] {
+            let kv = heads / group;
+            let (stride, n) = (kv * d + 3, 11);
+            let rows: Vec<f32> = (0..(n - 1) * stride + kv * d)
                 .map(|i| (i as f32 * 0.013).sin())
                 .collect();
-            let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.29).cos()).collect();
-            let p: Vec<f32> = (0..total).map(|t| 1.0 / (t + 1) as f32).collect();
-            let mut scores = vec![0f32; total];
-            dot_rows(&q, &rows, stride, &mut scores);
-            let mut out = vec![f32::NAN; d];
-            weighted_rows(&p, &rows, stride, &mut out);
-            for t in 0..total {
-                let want: f64 = (0..d)
-                    .map(|i| q[i] as f64 * rows[t * stride + i] as f64)
-                    .sum();
-                assert!((scores[t] as f64 - want).abs() < 1e-4, "scores d={d} t={t}");
-            }
-            for i in 0..d {
-                let want: f64 = (0..total)
-                    .map(|t| p[t] as f64 * rows[t * stride + i] as f64)
-                    .sum();
-                assert!((out[i] as f64 - want).abs() < 1e-4, "values d={d} i={i}");
+            let q: Vec<f32> = (0..heads * d).map(|i| (i as f32 * 0.29).cos()).collect();
+            let p: Vec<f32> = (0..heads * n).map(|t| 1.0 / (t + 1) as f32).collect();
+            let mut scores = vec![f32::NAN; heads * n];
+            head_scores(&q, d, group, &rows, stride, &mut scores);
+            let mut out = vec![f32::NAN; heads * d];
+            head_weighted(&p, d, group, &rows, stride, &mut out);
+            for h in 0..heads {
+                let off = (h / group) * d;
+                for t in 0..n {
+                    let want: f64 = (0..d)
+                        .map(|i| q[h * d + i] as f64 * rows[t * stride + off + i] as f64)
+                        .sum();
+                    let got = scores[h * n + t] as f64;
+                    assert!((got - want).abs() < 1e-4, "scores d={d} h={h} t={t}");
+                }
+                for i in 0..d {
+                    let want: f64 = (0..n)
+                        .map(|t| p[h * n + t] as f64 * rows[t * stride + off + i] as f64)
+                        .sum();
+                    let got = out[h * d + i] as f64;
+                    assert!((got - want).abs() < 1e-4, "values d={d} h={h} i={i}");
+                }
             }
         }
     }
