@@ -505,11 +505,28 @@ pub(crate) fn head_scores(
         // SAFETY: the features were just detected; the layout was checked.
         return unsafe { x86::head_scores_impl(q, d, group, rows, stride, scores) };
     }
+    head_scores_with(q, d, group, rows, stride, scores, dot_f32_portable);
+}
+
+/// [`head_scores`]' loop over the dot product `dot` (inlined into each kernel, so that it is
+/// compiled with that kernel's target features).
+#[inline(always)]
+fn head_scores_with(
+    q: &[f32],
+    d: usize,
+    group: usize,
+    rows: &[f32],
+    stride: usize,
+    scores: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let heads = q.len() / d;
+    let n = scores.len() / heads;
     for t in 0..n {
         let row = &rows[t * stride..];
         for h in 0..heads {
             let k = &row[(h / group) * d..(h / group + 1) * d];
-            scores[h * n + t] = dot_f32(&q[h * d..(h + 1) * d], k);
+            scores[h * n + t] = dot(&q[h * d..(h + 1) * d], k);
         }
     }
 }
@@ -533,6 +550,24 @@ pub(crate) fn head_weighted(
         // SAFETY: the features were just detected; the layout was checked.
         return unsafe { x86::head_weighted_impl(p, d, group, rows, stride, out) };
     }
+    head_weighted_with(p, d, group, rows, stride, out, |y, a, x| {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x)
+    });
+}
+
+/// [`head_weighted`]'s loop over `axpy` (`y += a·x`), inlined as [`head_scores_with`] is.
+#[inline(always)]
+fn head_weighted_with(
+    p: &[f32],
+    d: usize,
+    group: usize,
+    rows: &[f32],
+    stride: usize,
+    out: &mut [f32],
+    axpy: impl Fn(&mut [f32], f32, &[f32]),
+) {
+    let heads = out.len() / d;
+    let n = p.len() / heads;
     out.fill(0.0);
     for t in 0..n {
         let row = &rows[t * stride..];
@@ -800,15 +835,10 @@ mod x86 {
         stride: usize,
         scores: &mut [f32],
     ) {
-        let heads = q.len() / d;
-        let n = scores.len() / heads;
-        for t in 0..n {
-            let row = &rows[t * stride..];
-            for h in 0..heads {
-                let k = &row[(h / group) * d..(h / group + 1) * d];
-                scores[h * n + t] = dot_f32_impl(&q[h * d..(h + 1) * d], k);
-            }
-        }
+        // SAFETY (the closure): this function's features.
+        super::head_scores_with(q, d, group, rows, stride, scores, |a, b| unsafe {
+            dot_f32_impl(a, b)
+        });
     }
 
     /// [`super::head_weighted`]; the caller has checked the layout.
@@ -821,16 +851,10 @@ mod x86 {
         stride: usize,
         out: &mut [f32],
     ) {
-        let heads = out.len() / d;
-        let n = p.len() / heads;
-        out.fill(0.0);
-        for t in 0..n {
-            let row = &rows[t * stride..];
-            for (h, o) in out.chunks_exact_mut(d).enumerate() {
-                let v = &row[(h / group) * d..(h / group + 1) * d];
-                axpy_impl(o, p[h * n + t], v);
-            }
-        }
+        // SAFETY (the closure): this function's features.
+        super::head_weighted_with(p, d, group, rows, stride, out, |y, a, x| unsafe {
+            axpy_impl(y, a, x)
+        });
     }
 
     /// `exp` of 8 values ≤ 0 (Cephes' single-precision polynomial: `2^k · e^r` with
