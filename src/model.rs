@@ -73,9 +73,10 @@ pub enum WeightMemory {
     Mapped,
     /// Copied into memory of the process's own at load, which asks the OS for transparent
     /// huge pages (Linux) whatever the page cache holds: every decode step streams all of
-    /// them, and they stream faster from huge pages (docs/performance.md: 6-11 % more tokens/s
-    /// measured on a 2-core VM). Loading takes the copy (on that VM about 1.2 s per GB, most
-    /// of it the kernel handing out fresh pages), and each process holds its own copy.
+    /// them, and they stream faster from huge pages (docs/performance.md, on a 2-core VM:
+    /// about 10 % more tokens/s than a file cached in small pages, 0-6 % more than one cached
+    /// in huge pages). Loading takes the copy (on that VM about 1 s per GB, most of it the
+    /// kernel handing out fresh pages), and each process holds its own copy.
     /// Embedding tables stay mapped (a step reads one row of them).
     Resident,
 }

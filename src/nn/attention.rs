@@ -398,7 +398,7 @@ impl Attention {
         // A cache of more than a few dozen kilobytes is split between threads by positions,
         // each streaming its own rows (one core alone reads a cache that the weights' streaming
         // has evicted at a fraction of the memory's rate: on the SmolLM2-135M shape at 130-190
-        // positions, 16 % of a decode step on one thread, 10 % on two), and the parts are
+        // positions, about 20 % of a decode step on one thread, 10-12 % on two), and the parts are
         // combined by rescaling to the overall maximum.
         const ROWS_BYTES: usize = 32 << 10;
         let parts = (total * width * 4 / ROWS_BYTES)

@@ -51,8 +51,8 @@ enum Bytes {
 ///
 /// Why: a decode step streams every weight once, and with 4 KiB pages each 4 KiB of weights is
 /// a TLB miss; under virtualisation a miss walks two page tables. On the 2-core VM kiln is
-/// measured on, the same weights stream 6-11 % faster from huge pages than from a file cached
-/// in small pages (docs/performance.md). The file's pages are dropped from the process as
+/// measured on, decode ran about 10 % faster from them than from a file cached in small pages
+/// (docs/performance.md). The file's pages are dropped from the process as
 /// each matrix is copied, so memory use stays one copy of the weights.
 pub(crate) struct WeightArena {
     /// The chunk being filled and the bytes used in it.
