@@ -50,6 +50,9 @@ pub struct WeightStore {
     /// Where projection weights kept in half precision are copied ([`WeightMemory::Resident`]);
     /// `None` reads them through the file mapping.
     arena: Option<WeightArena>,
+    /// Where quantized weights are written (always: they are computed at load, and the arena's
+    /// huge pages are what lets a decode step stream them at full speed).
+    quant_arena: WeightArena,
 }
 
 impl WeightStore {
@@ -118,6 +121,7 @@ impl WeightStore {
             adapted: HashSet::new(),
             slots: Vec::new(),
             arena: None,
+            quant_arena: WeightArena::default(),
         }
     }
 
@@ -389,18 +393,21 @@ impl WeightStore {
         let (first, end) = (start + rows.start * row_bytes, start + rows.end * row_bytes);
         let map = &self.files[file].1;
         let bytes = &map[first..end];
-        let adapter = self.adapter_for(name);
-        if let Some(a) = adapter {
+        if let Some(a) = self.adapter_for(name) {
             a.check_shape(name, &shape)?;
         }
+        // Out of `self` while the adapter is borrowed from it.
+        let mut arena = std::mem::take(&mut self.quant_arena);
+        let adapter = self.adapter_for(name);
         let first_row = rows.start;
         // About 8 MB of the file at a time, released as soon as it is quantized.
         let chunk = (8 << 20) / row_bytes.max(1);
-        let m = QuantMatrix::quantize_rows_chunked(
+        let m = QuantMatrix::quantize_rows_in(
             kind,
             rows.len(),
             cols,
             chunk,
+            Some(&mut arena),
             |r, dst| {
                 convert_into(&bytes[r * row_bytes..(r + 1) * row_bytes], dtype, dst);
                 if let Some(a) = adapter {
@@ -418,6 +425,7 @@ impl WeightStore {
         if adapter.is_some() {
             self.adapted.insert(name.to_string());
         }
+        self.quant_arena = arena;
         release(map, first, end);
         self.taken.insert(name.to_string());
         Ok(m)

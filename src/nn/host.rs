@@ -87,32 +87,36 @@ impl WeightArena {
         Ok(Arc::new(map))
     }
 
+    /// `len` fresh (zeroed) bytes of the arena, 64-byte aligned: the chunk and the byte offset.
+    pub(crate) fn alloc(&mut self, len: usize) -> std::io::Result<(Arc<MmapRaw>, usize)> {
+        let fits =
+            |(m, used): &(Arc<MmapRaw>, usize)| used.next_multiple_of(Self::ALIGN) + len <= m.len();
+        Ok(match &mut self.current {
+            Some(cur) if fits(cur) => {
+                let start = cur.1.next_multiple_of(Self::ALIGN);
+                cur.1 = start + len;
+                (cur.0.clone(), start)
+            }
+            // A matrix that would leave most of a fresh chunk unused gets a map of its own.
+            _ if len > self.chunk_bytes / 2 => (Self::chunk(len)?, 0),
+            _ => {
+                let map = Self::chunk(self.chunk_bytes)?;
+                self.current = Some((map.clone(), len));
+                (map, 0)
+            }
+        })
+    }
+
     /// Copies `src` (little-endian 16-bit values, as in the file) into the arena: the chunk and
     /// the byte offset of the copy.
     pub(crate) fn copy(&mut self, src: &[u8]) -> std::io::Result<(Arc<MmapRaw>, usize)> {
         let n = src.len();
-        let fits =
-            |(m, used): &(Arc<MmapRaw>, usize)| used.next_multiple_of(Self::ALIGN) + n <= m.len();
-        let (map, start) = match &mut self.current {
-            Some(cur) if fits(cur) => {
-                let start = cur.1.next_multiple_of(Self::ALIGN);
-                cur.1 = start + n;
-                (cur.0.clone(), start)
-            }
-            // A matrix that would leave most of a fresh chunk unused gets a map of its own.
-            _ if n > self.chunk_bytes / 2 => (Self::chunk(n)?, 0),
-            _ => {
-                let map = Self::chunk(self.chunk_bytes)?;
-                self.current = Some((map.clone(), n));
-                (map, 0)
-            }
-        };
+        let (map, start) = self.alloc(n)?;
         struct Dst(*mut u8);
         // SAFETY: each task writes its own byte range of the chunk (below).
         unsafe impl Send for Dst {}
         unsafe impl Sync for Dst {}
-        // SAFETY: `start..start + n` lies inside the chunk (checked by `fits` or the chunk's
-        // size) and no other matrix uses those bytes.
+        // SAFETY: `alloc` handed out `start..start + n` inside the chunk to this copy alone.
         let dst = Dst(unsafe { map.as_mut_ptr().add(start) });
         const PART: usize = 1 << 20;
         src.par_chunks(PART).enumerate().for_each(|(i, part)| {
@@ -121,6 +125,101 @@ impl WeightArena {
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), d.0.add(i * PART), part.len()) }
         });
         Ok((map, start))
+    }
+}
+
+/// Values kiln computes at load and every decode step streams (quantized blocks and their
+/// scales): a range of a [`WeightArena`] chunk, so that they get huge pages as the mapped and
+/// resident half-precision weights do, or a plain vector (no arena, or no memory for one).
+///
+/// Why: with the kernel's transparent huge pages in `madvise` mode (the common default), a
+/// vector's large allocation gets 4 KiB pages; a decode step then takes a TLB miss every 4 KiB
+/// and the CPU's stream prefetchers stop at every page boundary. GEMV over 268 MB here:
+/// Q8 30.6 → 53.0 GB/s and Q4 26.5 → 34.3 GB/s (medians) with huge pages.
+pub(crate) enum HostBuf<T> {
+    Vec(Vec<T>),
+    /// `len` values at byte `start` of the chunk, owned by this buffer alone.
+    Arena {
+        map: Arc<MmapRaw>,
+        start: usize,
+        len: usize,
+        _values: std::marker::PhantomData<T>,
+    },
+}
+
+impl<T: bytemuck::Pod> HostBuf<T> {
+    /// `len` zeros, in `arena` when there is one and it can have the memory.
+    pub(crate) fn zeroed(len: usize, arena: Option<&mut WeightArena>) -> Self {
+        const { assert!(std::mem::align_of::<T>() <= WeightArena::ALIGN) };
+        if let Some(arena) = arena {
+            let bytes = len * std::mem::size_of::<T>();
+            if let Ok((map, start)) = arena.alloc(bytes) {
+                prefault(&map, start, bytes);
+                // Fresh anonymous memory reads as zeros, and zero bits are a valid `T` (Pod).
+                return HostBuf::Arena {
+                    map,
+                    start,
+                    len,
+                    _values: std::marker::PhantomData,
+                };
+            }
+        }
+        HostBuf::Vec(vec![T::zeroed(); len])
+    }
+}
+
+/// Touches `start..start + len` of `map` a huge page at a time, in parallel: the kernel zeroes
+/// each fresh 2 MiB page in its fault, and threads writing into the same page would wait for
+/// one another's faults.
+fn prefault(map: &MmapRaw, start: usize, len: usize) {
+    const PAGE: usize = 2 << 20;
+    let first = start / PAGE * PAGE;
+    let pages: Vec<usize> = (first..start + len).step_by(PAGE).collect();
+    let base = map.as_mut_ptr() as usize;
+    pages.par_iter().for_each(|&p| {
+        let at = p.max(start);
+        // SAFETY: `at` lies in `start..start + len`, this buffer's fresh range; writing the
+        // zero that is already there changes nothing but makes the page resident.
+        unsafe { std::ptr::write_volatile((base + at) as *mut u8, 0) };
+    });
+}
+
+impl<T> std::ops::Deref for HostBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            HostBuf::Vec(v) => v,
+            HostBuf::Arena {
+                map, start, len, ..
+            } => {
+                // SAFETY: `alloc` gave this buffer alone `start..start + len·size_of::<T>()`,
+                // inside the chunk, aligned for `T`; the chunk lives as long as `map`.
+                unsafe { std::slice::from_raw_parts(map.as_ptr().add(*start) as *const T, *len) }
+            }
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for HostBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            HostBuf::Vec(v) => v,
+            HostBuf::Arena {
+                map, start, len, ..
+            } => {
+                // SAFETY: as in `deref`; `&mut self` is the only access to this range (no other
+                // buffer shares it, and `clone` copies the values out).
+                unsafe {
+                    std::slice::from_raw_parts_mut(map.as_mut_ptr().add(*start) as *mut T, *len)
+                }
+            }
+        }
+    }
+}
+
+impl<T: Clone> Clone for HostBuf<T> {
+    fn clone(&self) -> Self {
+        HostBuf::Vec(self.to_vec())
     }
 }
 
@@ -1034,6 +1133,54 @@ mod tests {
             }
         }
         y
+    }
+
+    /// Buffers in an arena start zeroed (the part of a huge page the previous one touched
+    /// too), keep what is written into them apart from their neighbours, and clone into
+    /// vectors of the same values; quantizing into an arena gives the same bytes.
+    #[test]
+    fn arena_buffers_are_zeroed_and_separate() {
+        let mut arena = WeightArena {
+            chunk_bytes: 4 << 20,
+            ..WeightArena::default()
+        };
+        let mut bufs: Vec<HostBuf<u16>> = [5, 1000, 3 << 20, 77]
+            .iter()
+            .map(|&n| HostBuf::zeroed(n, Some(&mut arena)))
+            .collect();
+        assert!(bufs.iter().all(|b| matches!(b, HostBuf::Arena { .. })));
+        for (i, b) in bufs.iter_mut().enumerate() {
+            assert!(b.iter().all(|&v| v == 0));
+            assert_eq!(b.as_ptr() as usize % WeightArena::ALIGN, 0);
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(k, v)| *v = (k * 31 + i) as u16);
+        }
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(b.iter().enumerate().all(|(k, &v)| v == (k * 31 + i) as u16));
+            let c = b.clone();
+            assert!(matches!(c, HostBuf::Vec(_)));
+            assert_eq!(&c[..], &b[..]);
+        }
+        let (rows, cols) = (37, 96);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        for kind in [crate::nn::Quantization::Q8, crate::nn::Quantization::Q4] {
+            let fill =
+                |r: usize, dst: &mut [f32]| dst.copy_from_slice(&w[r * cols..(r + 1) * cols]);
+            let plain = crate::nn::QuantMatrix::quantize_rows(kind, rows, cols, fill);
+            let pooled = crate::nn::QuantMatrix::quantize_rows_in(
+                kind,
+                rows,
+                cols,
+                8,
+                Some(&mut arena),
+                fill,
+                |_| {},
+            );
+            assert_eq!(plain.raw(), pooled.raw());
+        }
     }
 
     #[test]
