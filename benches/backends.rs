@@ -12,6 +12,11 @@
 //!   activation rows: bf16 as stored with split and rounded activations (`vdpbf16ps` where the
 //!   CPU has AVX512-BF16, widened blocks and an f32 GEMM elsewhere), Q8 and Q4 (integer
 //!   `vpdpbusd` with AVX-512 VNNI, dequantized blocks elsewhere); throughput in FLOPs.
+//! - `host_decode`: kiln's CPU GEMV (one activation row, as a decode step) over a
+//!   `[65536 × 2048]` weight, far larger than the caches: bf16 (from a vector: small pages
+//!   unless transparent huge pages are `always`; model weights are mapped with huge-page
+//!   advice), Q8 and Q4 (in huge-page-advised memory of their own); throughput in bytes of
+//!   weights read, to compare with `tools/membw.c`.
 //!
 //! `cargo bench --features ndarray,wgpu` (wgpu needs an adapter; lavapipe is software).
 //! KILN_BENCH_DEVICES=flex,ndarray picks backends.
@@ -200,5 +205,36 @@ fn host_prefill(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernels, block, model, host_prefill);
+fn host_decode(c: &mut Criterion) {
+    let (rows, cols) = (65536, 2048);
+    let value = |i: usize| (((i * 2654435761) % 1000) as f32 / 1000.0 - 0.5) * 0.04;
+    let x: Vec<f32> = (0..cols)
+        .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * 0.5)
+        .collect();
+    let bits: Vec<u16> = (0..rows * cols)
+        .map(|i| half::bf16::from_f32(value(i)).to_bits())
+        .collect();
+    let half = HalfMatrix::from_bits(HalfKind::Bf16, rows, cols, bits);
+    let mut g = c.benchmark_group("host_decode");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(half.byte_len() as u64));
+    g.bench_function(BenchmarkId::from_parameter("bf16"), |b| {
+        b.iter(|| half.matmul_t(&x, 1))
+    });
+    drop(half);
+    for q in [Quantization::Q8, Quantization::Q4] {
+        let m = QuantMatrix::quantize_rows(q, rows, cols, |r, dst| {
+            for (k, d) in dst.iter_mut().enumerate() {
+                *d = value(r * cols + k);
+            }
+        });
+        g.throughput(Throughput::Bytes(m.byte_len() as u64));
+        g.bench_function(BenchmarkId::from_parameter(q.name()), |b| {
+            b.iter(|| m.matmul_t(&x, 1))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels, block, model, host_prefill, host_decode);
 criterion_main!(benches);

@@ -148,11 +148,23 @@ pub(crate) enum HostBuf<T> {
 }
 
 impl<T: bytemuck::Pod> HostBuf<T> {
-    /// `len` zeros, in `arena` when there is one and it can have the memory.
+    /// `len` zeros, in `arena` when there is one and it can have the memory; without one, a
+    /// buffer of 4 MiB or more gets a map of its own (smaller ones are vectors: a huge page
+    /// each would be mostly empty).
     pub(crate) fn zeroed(len: usize, arena: Option<&mut WeightArena>) -> Self {
         const { assert!(std::mem::align_of::<T>() <= WeightArena::ALIGN) };
+        let bytes = len * std::mem::size_of::<T>();
+        // Every allocation larger than half a chunk of 0 bytes gets its own map.
+        let mut own = WeightArena {
+            current: None,
+            chunk_bytes: 0,
+        };
+        let arena = match arena {
+            Some(a) => Some(a),
+            None if bytes >= 4 << 20 => Some(&mut own),
+            None => None,
+        };
         if let Some(arena) = arena {
-            let bytes = len * std::mem::size_of::<T>();
             if let Ok((map, start)) = arena.alloc(bytes) {
                 prefault(&map, start, bytes);
                 // Fresh anonymous memory reads as zeros, and zero bits are a valid `T` (Pod).
@@ -1162,6 +1174,10 @@ mod tests {
             assert!(matches!(c, HostBuf::Vec(_)));
             assert_eq!(&c[..], &b[..]);
         }
+        // Without an arena: a large buffer gets a map of its own, a small one is a vector.
+        let large = HostBuf::<u8>::zeroed(4 << 20, None);
+        assert!(matches!(large, HostBuf::Arena { .. }) && large.iter().all(|&v| v == 0));
+        assert!(matches!(HostBuf::<u8>::zeroed(1000, None), HostBuf::Vec(_)));
         let (rows, cols) = (37, 96);
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
