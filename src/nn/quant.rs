@@ -956,6 +956,41 @@ mod x86 {
         madd_nibbles
     );
 
+    /// Lane l of unit i (of four in a group of 16 blocks) takes block 4i + l / 4's scale.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q4_scale_index() -> [__m512i; 4] {
+        std::array::from_fn(|i| {
+            let b = 4 * i as i32;
+            let (c, d) = (b + 2, b + 3);
+            let a = b + 1;
+            _mm512_setr_epi32(b, b, b, b, a, a, a, a, c, c, c, c, d, d, d, d)
+        })
+    }
+
+    /// Unit `q`'s activations (as [`super::QActs`] lays them out for Q4): the lane starts,
+    /// the four blocks' values 0..16 and their values 16..32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q4_acts512(xp: *const i8, xcp: *const i32, q: usize) -> (__m512i, __m512i, __m512i) {
+        let x = xp.add(q * 4 * QBLOCK);
+        (
+            _mm512_loadu_si512(xcp.add(q * 16) as *const _),
+            _mm512_loadu_si512(x as *const _),
+            _mm512_loadu_si512(x.add(2 * QBLOCK) as *const _),
+        )
+    }
+
+    /// A unit of four Q4 blocks (64 bytes `v`): the low nibbles times `lo` and the high
+    /// nibbles times `hi`, summed per lane from the starts `c`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn q4_unit512(v: __m512i, c: __m512i, lo: __m512i, hi: __m512i) -> __m512i {
+        let mask = _mm512_set1_epi8(0x0F);
+        let s = _mm512_dpbusd_epi32(c, _mm512_and_si512(v, mask), lo);
+        _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), hi)
+    }
+
     /// [`dot_q4_vnni_impl`] on 512-bit vectors: one load holds a unit of four blocks, and half
     /// as many instructions per byte lets the core keep more of the stream in flight. What
     /// follows the units of four (a pair, a single block) has the layout a row of that many
@@ -973,38 +1008,12 @@ mod x86 {
             xd.as_ptr(),
             xc.as_ptr(),
         );
-        let mask = _mm512_set1_epi8(0x0F);
         let quad = |q: usize| {
             let v = _mm512_loadu_si512(wp.add(q * 2 * QBLOCK) as *const _);
-            let s = _mm512_loadu_si512(xcp.add(q * 16) as *const _);
-            let x = xp.add(q * 4 * QBLOCK);
-            let l = _mm512_and_si512(v, mask);
-            let s = _mm512_dpbusd_epi32(s, l, _mm512_loadu_si512(x as *const _));
-            let h = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-            _mm512_dpbusd_epi32(s, h, _mm512_loadu_si512(x.add(2 * QBLOCK) as *const _))
+            let (c, lo, hi) = q4_acts512(xp, xcp, q);
+            q4_unit512(v, c, lo, hi)
         };
-        // Lane l of unit i (of four in a group of 16 blocks) takes block 4i + l / 4's scale.
-        let idx: [__m512i; 4] = std::array::from_fn(|i| {
-            let b = 4 * i as i32;
-            _mm512_setr_epi32(
-                b,
-                b,
-                b,
-                b,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 3,
-                b + 3,
-                b + 3,
-                b + 3,
-            )
-        });
+        let idx = q4_scale_index();
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut q = 0;
         while q + 4 <= quads {
@@ -1130,43 +1139,13 @@ mod x86 {
             xd.as_ptr(),
             xc.as_ptr(),
         );
-        let mask = _mm512_set1_epi8(0x0F);
-        let idx: [__m512i; 4] = std::array::from_fn(|i| {
-            let b = 4 * i as i32;
-            _mm512_setr_epi32(
-                b,
-                b,
-                b,
-                b,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 3,
-                b + 3,
-                b + 3,
-                b + 3,
-            )
-        });
-        // Unit `q` of row `r`, started at the lane starts `c`, times the activations `lo`, `hi`.
+        let idx = q4_scale_index();
+        // Unit `q` of row `r` against the unit's activations.
         let unit = |r: usize, q: usize, c: __m512i, lo: __m512i, hi: __m512i| {
-            let at = r * stride + q * 2 * QBLOCK;
-            let v = _mm512_loadu_si512(wp.add(at) as *const _);
-            let s = _mm512_dpbusd_epi32(c, _mm512_and_si512(v, mask), lo);
-            _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), hi)
+            let v = _mm512_loadu_si512(wp.add(r * stride + q * 2 * QBLOCK) as *const _);
+            q4_unit512(v, c, lo, hi)
         };
-        let acts = |q: usize| {
-            let x = xp.add(q * 4 * QBLOCK);
-            (
-                _mm512_loadu_si512(xcp.add(q * 16) as *const _),
-                _mm512_loadu_si512(x as *const _),
-                _mm512_loadu_si512(x.add(2 * QBLOCK) as *const _),
-            )
-        };
+        let acts = |q: usize| q4_acts512(xp, xcp, q);
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut q = 0;
         while q + 4 <= quads {
