@@ -29,6 +29,22 @@ SHAPES = {
 }
 
 
+def rewrite_in_large_writes(out):
+    """Rewrites each safetensors file with one large write. A file written in small pieces (as
+    save_pretrained does) sits in the page cache in 4 KiB pages until evicted, and a mapped
+    model streams slower from those (on the reference VM: SmolLM2 decode ~100 against ~115
+    tok/s); written at once, or read back from disk after the cache was dropped, it is cached
+    in 2 MiB folios like a model read from disk."""
+    import glob
+    import os
+    for path in glob.glob(os.path.join(out, "*.safetensors")):
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+
+
 def main():
     name, out = sys.argv[1], sys.argv[2]
     cfg, dtype = SHAPES[name]
@@ -37,6 +53,7 @@ def main():
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**cfg), dtype=dtype)
     model.save_pretrained(out)
+    rewrite_in_large_writes(out)
     print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {dtype} -> {out}")
 
 

@@ -509,16 +509,9 @@ impl CausalLm for Llama {
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
         if self.host_decode && seq == 1 && pads == [0] && taps.is_none() {
-            // On a pool thread: every projection's parallel pass then starts from inside the
-            // pool, instead of each waking the pool and sleeping until it is done.
-            let mut logits = Vec::new();
-            // The switchable adapter chosen on this thread goes with the pass.
-            let slot = crate::nn::linear::active_adapter_slot();
-            rayon::scope(|_| {
-                crate::nn::linear::with_adapter_slot(slot, || {
-                    logits = self.decode_host(input.ids[0], cache)
-                })
-            });
+            // On this thread: its passes run on kiln's team (`nn::team`), which it joins, and
+            // the switchable adapter chosen on it applies.
+            let logits = self.decode_host(input.ids[0], cache);
             let vocab = logits.len();
             return Ok(Tensor::from_data(
                 TensorData::new(logits, [1, vocab]),

@@ -408,11 +408,11 @@ impl Attention {
         let parts: Vec<_> = if parts == 1 {
             vec![part(0, total)]
         } else {
-            use rayon::prelude::*;
-            (0..parts)
-                .into_par_iter()
-                .map(|i| part(i * total / parts, (i + 1) * total / parts))
-                .collect()
+            let mut slots: Vec<Option<_>> = (0..parts).map(|_| None).collect();
+            crate::nn::team::for_chunks(&mut slots, 1, |i, slot| {
+                slot[0] = Some(part(i * total / parts, (i + 1) * total / parts));
+            });
+            slots.into_iter().flatten().collect()
         };
         let mut out = vec![0f32; heads * head_dim];
         for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {

@@ -498,9 +498,10 @@ pub(crate) fn for_each_output(
     }
 }
 
-/// Fills `y` (one activation row's outputs) in parallel tasks of consecutive rows: `fill(r0,
-/// out)` writes rows `r0..r0 + out.len()`. Tasks stream about [`TASK_BYTES`] of weights
-/// (`row_bytes` per row) while leaving each thread at least 8 to balance the load.
+/// Fills `y` (one activation row's outputs) in parallel calls over consecutive rows: `fill(r0,
+/// out)` writes rows `r0..r0 + out.len()`. Each thread streams one contiguous share of the rows
+/// (see [`team`](super::team)), handed out in calls of about [`TASK_BYTES`] of weights
+/// (`row_bytes` per row) but at most an eighth of a thread's share.
 pub(crate) fn for_row_ranges(
     y: &mut [f32],
     row_bytes: usize,
@@ -509,9 +510,7 @@ pub(crate) fn for_row_ranges(
     let by_bytes = TASK_BYTES / row_bytes.max(1);
     let balanced = y.len() / (8 * rayon::current_num_threads());
     let rows = by_bytes.min(balanced).max(16);
-    y.par_chunks_mut(rows)
-        .enumerate()
-        .for_each(|(t, out)| fill(t * rows, out));
+    super::team::for_ranges(y, rows, fill);
 }
 
 /// `y = x · Wᵀ` (`x: [n, cols]`, `y: [n, rows]`) for a weight produced row by row by `fill`

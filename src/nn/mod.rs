@@ -16,6 +16,7 @@ pub mod norm;
 pub mod quant;
 pub mod quant_gemm;
 pub mod rope;
+pub(crate) mod team;
 
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
