@@ -1,6 +1,13 @@
 //! Prefill and decode speed: `cargo run --release --example bench -- --model DIR --device flex`.
 //! Runs P prompt tokens then G greedy tokens (EOS ignored) after one identical warm-up run;
 //! needs no tokenizer. `--runs N` repeats the measurement and reports the last.
+//!
+//! `--interleave none,q8,q4` loads the model once per listed quantization and decodes them a
+//! step each in turn, so that their speeds (and ratios) are measured in the same moments: on a
+//! machine whose memory bandwidth changes within seconds (a shared VM), runs one after the other
+//! compare phases as much as configurations. `--read-bandwidth` times a read of a 256 MiB buffer
+//! after every round of steps and reports the mean (`read_gb_per_s`), the roofline's bandwidth
+//! in those same moments.
 
 mod common;
 
@@ -26,6 +33,21 @@ struct Args {
     /// tune kernels for new shapes during the first).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
+    /// Quantizations to load and decode in turn, a step each: none, q8, q4 (comma-separated;
+    /// replaces --quantize).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    interleave: Vec<String>,
+    /// Time a 256 MiB read after every round of decode steps; report the mean as
+    /// read_gb_per_s.
+    #[arg(long)]
+    read_bandwidth: bool,
+}
+
+/// One load of the model being measured.
+struct Variant {
+    quantize: String,
+    model: kiln::Model,
+    load_s: f64,
 }
 
 fn main() -> ExitCode {
@@ -40,11 +62,42 @@ fn run(args: Args) -> kiln::Result<()> {
             message: "must be at least 1".into(),
         });
     }
-    let t0 = Instant::now();
-    let model = args.common.load_model(args.common.model_dir()?, &device)?;
-    let load_s = t0.elapsed().as_secs_f64();
+    let names = if args.interleave.is_empty() {
+        vec![args
+            .common
+            .quantize
+            .clone()
+            .unwrap_or_else(|| "none".into())]
+    } else if args.common.quantize.is_some() {
+        return Err(kiln::Error::InvalidArgument {
+            name: "--interleave".into(),
+            message: "replaces --quantize; give one of them".into(),
+        });
+    } else {
+        args.interleave.clone()
+    };
+    let mut variants = Vec::with_capacity(names.len());
+    for name in names {
+        let mut options = args.common.load_options()?;
+        if name != "none" {
+            options = options.quantize(kiln::Quantization::from_name(&name).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--interleave".into(),
+                    message: format!("unknown quantization {name:?}; expected none, q8 or q4"),
+                }
+            })?);
+        }
+        let t0 = Instant::now();
+        let model = kiln::Model::load_with(args.common.model_dir()?, &device, options)?;
+        let load_s = t0.elapsed().as_secs_f64();
+        variants.push(Variant {
+            quantize: name,
+            model,
+            load_s,
+        });
+    }
     // Deterministic token ids spread over the vocabulary.
-    let vocab = model.vocab_size() as u64;
+    let vocab = variants[0].model.vocab_size() as u64;
     let ids: Vec<u32> = (0..args.prompt_len as u64)
         .map(|i| ((i * 2_654_435_761 + 17) % vocab) as u32)
         .collect();
@@ -53,45 +106,151 @@ fn run(args: Args) -> kiln::Result<()> {
         .ignore_eos(true);
     // Warm-up: the measured run itself once, so GPU backends have compiled and tuned their
     // kernels for these shapes (and CPU caches and allocators are warm) before timing.
-    {
-        let mut s = model.session();
+    for v in &variants {
+        let mut s = v.model.session();
         for t in s.generate_ids(&ids, &cfg)? {
             t?;
         }
     }
-    let mut stats = None;
+    let mut probe = if args.read_bandwidth {
+        Some(ReadProbe::new()?)
+    } else {
+        None
+    };
+    let mut stats = Vec::new();
     for _ in 0..args.runs {
-        let mut session = model.session();
-        let mut gen = session.generate_ids(&ids, &cfg)?;
-        for t in gen.by_ref() {
-            t?;
+        let mut sessions: Vec<_> = variants.iter().map(|v| v.model.session()).collect();
+        // Each prefill and its first token (the prefill's time runs to that token) before the
+        // next variant's.
+        let mut gens = Vec::with_capacity(sessions.len());
+        for s in &mut sessions {
+            let mut g = s.generate_ids(&ids, &cfg)?;
+            if let Some(t) = g.next() {
+                t?;
+            }
+            gens.push(g);
         }
-        let s = gen.stats();
-        tracing::info!(
-            "run: prefill {:.1} tok/s, decode {:.2} tok/s",
-            s.prefill_tokens_per_s(),
-            s.decode_tokens_per_s()
-        );
-        stats = Some(s);
+        if let Some(p) = &mut probe {
+            p.reset();
+        }
+        // A step of each in turn until all are done.
+        loop {
+            let mut any = false;
+            for g in &mut gens {
+                if let Some(t) = g.next() {
+                    t?;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+            if let Some(p) = &mut probe {
+                p.read();
+            }
+        }
+        stats = gens.iter().map(|g| g.stats()).collect();
+        for (v, s) in variants.iter().zip(&stats) {
+            tracing::info!(
+                "run ({}): prefill {:.1} tok/s, decode {:.2} tok/s",
+                v.quantize,
+                s.prefill_tokens_per_s(),
+                s.decode_tokens_per_s()
+            );
+        }
     }
-    let stats = stats.expect("--runs is at least 1");
-    let out = serde_json::json!({
-        "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
-        "decode_tokens_per_s": stats.decode_tokens_per_s(),
-        "load_s": load_s,
+    let first = &stats[0];
+    let mut out = serde_json::json!({
+        "prefill_tokens_per_s": first.prefill_tokens_per_s(),
+        "decode_tokens_per_s": first.decode_tokens_per_s(),
+        "load_s": variants[0].load_s,
         "peak_rss_bytes": common::peak_rss_bytes(),
         "device": device.name(),
         "dtype": device.dtype().name(),
-        "quantize": args.common.quantize.as_deref().unwrap_or("none"),
+        "quantize": variants[0].quantize,
         "bf16_activations": args.common.bf16_activations.as_deref().unwrap_or("split"),
         "weights": args.common.weights.as_deref().unwrap_or("mapped"),
         "prompt_len": args.prompt_len,
-        "gen": stats.generated_tokens,
+        "gen": first.generated_tokens,
     });
+    if !args.interleave.is_empty() {
+        out["variants"] = variants
+            .iter()
+            .zip(&stats)
+            .map(|(v, s)| {
+                serde_json::json!({
+                    "quantize": v.quantize,
+                    "prefill_tokens_per_s": s.prefill_tokens_per_s(),
+                    "decode_tokens_per_s": s.decode_tokens_per_s(),
+                    "load_s": v.load_s,
+                })
+            })
+            .collect();
+    }
+    if let Some(p) = &probe {
+        out["read_gb_per_s"] = p.gb_per_s().into();
+    }
     if args.common.json {
         common::outln(format!("{out}"));
     } else {
         common::outln(serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     Ok(())
+}
+
+/// A 256 MiB buffer read by every thread of the pool in turn with the decode steps: the mean
+/// read bandwidth over a run (in the buffer's huge pages where the OS gives them, like kiln's
+/// weights; far larger than any cache).
+struct ReadProbe {
+    buf: memmap2::MmapMut,
+    bytes: f64,
+    secs: f64,
+}
+
+impl ReadProbe {
+    const LEN: usize = 256 << 20;
+
+    fn new() -> kiln::Result<Self> {
+        let mut buf = memmap2::MmapMut::map_anon(Self::LEN).map_err(|e| kiln::Error::Io {
+            path: "anonymous 256 MiB buffer".into(),
+            source: e,
+        })?;
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
+        buf.fill(1);
+        Ok(Self {
+            buf,
+            bytes: 0.0,
+            secs: 0.0,
+        })
+    }
+
+    fn reset(&mut self) {
+        (self.bytes, self.secs) = (0.0, 0.0);
+    }
+
+    fn read(&mut self) {
+        use rayon::prelude::*;
+        // kiln's decode threads spin for 2 ms after a step before they park: let them, so that
+        // the read has the cores to itself.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let t0 = Instant::now();
+        // SAFETY: any bit pattern is a valid u64; align_to puts the unaligned ends aside.
+        let (_, words, _) = unsafe { self.buf.align_to::<u64>() };
+        let sum: u64 = words
+            .par_chunks(1 << 17)
+            .map(|c| c.iter().fold(0u64, |a, &w| a.wrapping_add(w)))
+            .reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        self.secs += t0.elapsed().as_secs_f64();
+        self.bytes += Self::LEN as f64;
+    }
+
+    fn gb_per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.bytes / self.secs / 1e9
+        } else {
+            0.0
+        }
+    }
 }

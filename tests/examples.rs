@@ -622,3 +622,65 @@ fn inspect_reports_token_probabilities() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_line(&out).contains("--layer"));
 }
+
+/// bench --interleave decodes each listed load in turn and reports each; --read-bandwidth adds
+/// the read probe's mean; the flags' misuse is a one-line error.
+#[test]
+fn bench_interleaves_quantizations() {
+    let (_, src, _) = common::fixtures()
+        .into_iter()
+        .find(|(n, _, _)| n == "llama-bf16")
+        .unwrap();
+    let out = example("bench")
+        .arg("--model")
+        .arg(&src)
+        .args([
+            "--interleave",
+            "none,q8,q4",
+            "--read-bandwidth",
+            "--prompt-len",
+            "5",
+            "--gen",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let variants = v["variants"].as_array().unwrap();
+    let names: Vec<&str> = variants
+        .iter()
+        .map(|x| x["quantize"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["none", "q8", "q4"]);
+    for x in variants {
+        for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+            assert!(x[k].as_f64().unwrap() > 0.0, "{k} of {x}");
+        }
+    }
+    // The top-level fields are the first load's.
+    assert_eq!(v["quantize"], "none");
+    assert_eq!(v["decode_tokens_per_s"], variants[0]["decode_tokens_per_s"]);
+    assert_eq!(v["gen"], 3);
+    assert!(v["read_gb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+
+    for (args, needle) in [
+        (&["--interleave", "none,q3"][..], "q3"),
+        (
+            &["--interleave", "none", "--quantize", "q8"][..],
+            "--interleave",
+        ),
+    ] {
+        let out = example("bench")
+            .arg("--model")
+            .arg(&src)
+            .args(args)
+            .args(["--prompt-len", "2", "--gen", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr_line(&out);
+        assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
+    }
+}

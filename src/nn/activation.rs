@@ -35,7 +35,7 @@ impl Activation {
     /// Applies the activation elementwise on the host, in place (f32).
     pub fn forward_host(self, x: &mut [f32]) {
         match self {
-            Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+            Activation::Silu => crate::nn::host::silu(x),
             Activation::Gelu => x.iter_mut().for_each(|v| {
                 *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))
             }),
