@@ -265,12 +265,13 @@ const ROWS_PER_TASK: usize = 64;
 /// in four of four), bf16, Q8 and the 135M shape level. Passes still split into at least 8
 /// tasks per thread.
 const TASK_BYTES: usize = 1 << 20;
-/// Rows from which the decode GEMV reads two rows a call ([`dot2_fn`]): against an f32
-/// activation row of 8 KB or more, loading each block of it once for two weight rows instead of
-/// once per row lets the weights stream faster (the 1.1B shape's down projection, 5632 columns,
-/// streamed 30 GB/s against 35–37 for the other projections; decode +3–10 %, alternating). On
-/// the 135M shape's rows (576 and 1536 columns) it was level or 1 % slower.
-const TWO_RUN_MIN_COLS: usize = 2048;
+/// Columns from which the decode GEMV reads four rows a call ([`dot4_fn`]). The one-row kernel
+/// reloads the f32 activation row for every weight row, and once that row no longer stays in
+/// L1 beside the weights streaming through, the weights stream slower: one row a call over
+/// 512 MB, alternating, 31 GB/s at 2048 columns, 30 at 5632 (the 1.1B shape's down
+/// projection), 25 at 8192, against 34 for four rows a call at each (membw 36). On the 135M
+/// shape's rows (576 and 1536 columns) two rows a call were level or 1 % slower.
+const FOUR_RUN_MIN_COLS: usize = 2048;
 /// Weight rows widened at once in the GEMM path.
 const GEMM_BLOCK: usize = 1024;
 /// Activation rows from which the GEMM path is taken.
@@ -433,6 +434,9 @@ impl HalfMatrix {
     /// Few activation rows: one dot product per (activation row, weight row), parallel over
     /// blocks of weight rows; each weight row is read once from memory for all activation rows.
     fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        if n == 1 {
+            return for_row_ranges(y, 2 * self.cols, self.rows_dot(x));
+        }
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let w = self.bits();
         let dot = dot_fn(kind);
@@ -442,29 +446,31 @@ impl HalfMatrix {
     }
 
     /// Fills `out` with rows `r0..r0 + out.len()` dotted with one activation row `x` (`cols`
-    /// values), for [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many).
+    /// values): the decode GEMV's call (one weight's [`gemv`](Self::gemv), or several fused in
+    /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many)).
     pub(crate) fn rows_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
         let (cols, dot, w) = (self.cols, dot_fn(self.kind), self.bits());
-        let dot2 = dot2_fn(self.kind).filter(|_| cols >= TWO_RUN_MIN_COLS);
+        let dot4 = dot4_fn(self.kind).filter(|_| cols >= FOUR_RUN_MIN_COLS);
         move |r0, out| {
             let w = &w[r0 * cols..(r0 + out.len()) * cols];
-            let Some(dot2) = dot2 else {
-                for (o, row) in out.iter_mut().zip(w.chunks_exact(cols)) {
-                    *o = dot(row, x);
+            let row = |r: usize| &w[r * cols..(r + 1) * cols];
+            let runs = match dot4 {
+                Some(dot4) => {
+                    // Four runs, the rows' quarters, each streamed in order (four neighbouring
+                    // rows a call streamed slower, as for Q4).
+                    let q = out.len() / 4;
+                    for i in 0..q {
+                        let r = dot4([i, q + i, 2 * q + i, 3 * q + i].map(row), x);
+                        for (k, v) in r.into_iter().enumerate() {
+                            out[k * q + i] = v;
+                        }
+                    }
+                    4 * q
                 }
-                return;
+                None => 0,
             };
-            // Two runs, the first half of the rows and the second, each streamed in order (two
-            // neighbouring rows a call streamed 20 % slower).
-            let (half, odd) = (out.len() / 2, out.len() % 2 == 1);
-            let (o0, o1) = out.split_at_mut(half);
-            let (w0, w1) = w.split_at(half * cols);
-            for (i, (a, b)) in w0.chunks_exact(cols).zip(w1.chunks_exact(cols)).enumerate() {
-                [o0[i], o1[i]] = dot2(a, b, x);
-            }
-            if odd {
-                // The odd row is the last of the second run.
-                o1[half] = dot(&w1[half * cols..], x);
+            for (r, o) in out.iter_mut().enumerate().skip(runs) {
+                *o = dot(row(r), x);
             }
         }
     }
@@ -819,16 +825,16 @@ pub(crate) fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
 }
 
 type DotFn = fn(&[u16], &[f32]) -> f32;
-type Dot2Fn = fn(&[u16], &[u16], &[f32]) -> [f32; 2];
+type Dot4Fn = fn([&[u16]; 4], &[f32]) -> [f32; 4];
 
-/// A kernel of two rows a call for `kind` where the CPU has one (AVX-512): each block of `x` is
-/// loaded once for both rows.
-fn dot2_fn(kind: HalfKind) -> Option<Dot2Fn> {
+/// A kernel of four rows a call for `kind` where the CPU has one (AVX-512): each block of `x`
+/// is loaded once for the four rows.
+fn dot4_fn(kind: HalfKind) -> Option<Dot4Fn> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         return Some(match kind {
-            HalfKind::F16 => x86::dot2_f16_512,
-            HalfKind::Bf16 => x86::dot2_bf16_512,
+            HalfKind::F16 => x86::dot4_f16_512,
+            HalfKind::Bf16 => x86::dot4_bf16_512,
         });
     }
     let _ = kind;
@@ -1172,12 +1178,12 @@ mod x86 {
         sum
     }
 
-    /// [`dot_half_512`] of two rows against one `x`: each 32-value block of `x` is loaded
-    /// once for both. Same products and grouping as the one-row kernel.
+    /// Four rows against one `x`, two accumulators a row.
     #[target_feature(enable = "avx512f")]
-    unsafe fn dot2_half_512<const BF16: bool>(w0: &[u16], w1: &[u16], x: &[f32]) -> [f32; 2] {
-        let n = x.len().min(w0.len()).min(w1.len());
-        let (p0, p1, xp) = (w0.as_ptr(), w1.as_ptr(), x.as_ptr());
+    unsafe fn dot4_half_512<const BF16: bool>(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+        let n = w.iter().fold(x.len(), |n, r| n.min(r.len()));
+        let p = w.map(|r| r.as_ptr());
+        let xp = x.as_ptr();
         let widen = |p: *const u16| {
             let h = _mm256_loadu_si256(p as *const __m256i);
             if BF16 {
@@ -1186,53 +1192,41 @@ mod x86 {
                 _mm512_cvtph_ps(h)
             }
         };
-        let mut a0 = [_mm512_setzero_ps(); 4];
-        let mut a1 = [_mm512_setzero_ps(); 4];
+        // acc[k][r]: row r's sum of lanes 16k..16k+16 of every 32-value block.
+        let mut acc = [[_mm512_setzero_ps(); 4]; 2];
         let mut i = 0;
-        while i + 64 <= n {
-            for k in 0..4 {
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm512_loadu_ps(xp.add(i + 16 * k));
-                a0[k] = _mm512_fmadd_ps(widen(p0.add(i + 16 * k)), xv, a0[k]);
-                a1[k] = _mm512_fmadd_ps(widen(p1.add(i + 16 * k)), xv, a1[k]);
+                for (a, p) in acc.iter_mut().zip(p) {
+                    *a = _mm512_fmadd_ps(widen(p.add(i + 16 * k)), xv, *a);
+                }
             }
-            i += 64;
+            i += 32;
         }
-        while i + 16 <= n {
-            let xv = _mm512_loadu_ps(xp.add(i));
-            a0[0] = _mm512_fmadd_ps(widen(p0.add(i)), xv, a0[0]);
-            a1[0] = _mm512_fmadd_ps(widen(p1.add(i)), xv, a1[0]);
-            i += 16;
-        }
-        let sum = |a: [__m512; 4]| {
-            _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(a[0], a[1]),
-                _mm512_add_ps(a[2], a[3]),
-            ))
-        };
-        let mut out = [sum(a0), sum(a1)];
-        let value = |w: u16| {
-            if BF16 {
-                f32::from_bits((w as u32) << 16)
-            } else {
-                half::f16::from_bits(w).to_f32()
+        let mut out: [f32; 4] =
+            std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r])));
+        for (o, row) in out.iter_mut().zip(w) {
+            for (&v, &x) in row[i..n].iter().zip(&x[i..n]) {
+                let v = if BF16 {
+                    f32::from_bits((v as u32) << 16)
+                } else {
+                    half::f16::from_bits(v).to_f32()
+                };
+                *o += v * x;
             }
-        };
-        while i < n {
-            out[0] += value(w0[i]) * x[i];
-            out[1] += value(w1[i]) * x[i];
-            i += 1;
         }
         out
     }
 
-    pub fn dot2_f16_512(w0: &[u16], w1: &[u16], x: &[f32]) -> [f32; 2] {
-        // SAFETY: only handed out by dot2_fn after detecting avx512f.
-        unsafe { dot2_half_512::<false>(w0, w1, x) }
+    pub fn dot4_f16_512(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+        // SAFETY: only handed out by dot4_fn after detecting avx512f.
+        unsafe { dot4_half_512::<false>(w, x) }
     }
 
-    pub fn dot2_bf16_512(w0: &[u16], w1: &[u16], x: &[f32]) -> [f32; 2] {
-        // SAFETY: only handed out by dot2_fn after detecting avx512f.
-        unsafe { dot2_half_512::<true>(w0, w1, x) }
+    pub fn dot4_bf16_512(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+        // SAFETY: only handed out by dot4_fn after detecting avx512f.
+        unsafe { dot4_half_512::<true>(w, x) }
     }
 
     pub fn dot_f16_512(w: &[u16], x: &[f32]) -> f32 {
@@ -1450,10 +1444,10 @@ mod tests {
     /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
     /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
-    fn two_row_kernel_matches_the_one_row_kernel() {
-        let cols = TWO_RUN_MIN_COLS + 37;
+    fn four_run_kernel_matches_a_plain_sum() {
+        let cols = FOUR_RUN_MIN_COLS + 37;
         for kind in [HalfKind::F16, HalfKind::Bf16] {
-            let rows = 11;
+            let rows = 13;
             let vals: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
                 .collect();
@@ -1468,22 +1462,39 @@ mod tests {
             let x: Vec<f32> = (0..cols)
                 .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.3)
                 .collect();
-            let dot = dot_fn(kind);
+            let mut wide = vec![0f32; cols];
+            let want: Vec<f64> = (0..rows)
+                .map(|r| {
+                    m.row_to_f32(r, &mut wide);
+                    wide.iter()
+                        .zip(&x)
+                        .map(|(&w, &x)| w as f64 * x as f64)
+                        .sum()
+                })
+                .collect();
             let f = m.rows_dot(&x);
+            // Calls of every length from row 0 and row 1: four runs plus one-row leftovers.
             for r0 in [0, 1] {
                 for n in 1..=rows - r0 {
                     let mut out = vec![f32::NAN; n];
                     f(r0, &mut out);
                     for (i, o) in out.iter().enumerate() {
-                        let r = r0 + i;
-                        let want = dot(&m.bits()[r * cols..(r + 1) * cols], &x);
-                        assert_eq!(
-                            o.to_bits(),
-                            want.to_bits(),
-                            "{kind:?} rows {r0}+{n}, row {r}"
+                        let e = want[r0 + i];
+                        assert!(
+                            (*o as f64 - e).abs() < 1e-4,
+                            "{kind:?} {r0}+{n}: row {} {o} vs {e}",
+                            r0 + i
                         );
                     }
                 }
+            }
+            // Through the public GEMV too (one activation row takes the same path).
+            let y = m.matmul_t(&x, 1);
+            for (r, (y, e)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (*y as f64 - e).abs() < 1e-4,
+                    "{kind:?} gemv row {r}: {y} vs {e}"
+                );
             }
         }
     }
