@@ -1143,14 +1143,7 @@ mod x86 {
     unsafe fn dot_half_512<const BF16: bool>(w: &[u16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let widen = |p: *const u16| {
-            let h = _mm256_loadu_si256(p as *const __m256i);
-            if BF16 {
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-            } else {
-                _mm512_cvtph_ps(h)
-            }
-        };
+        let widen = |p: *const u16| widen16::<BF16>(p);
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i + 64 <= n {
@@ -1167,15 +1160,31 @@ mod x86 {
         let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
         let mut sum = _mm512_reduce_add_ps(s);
         while i < n {
-            let v = if BF16 {
-                f32::from_bits((w[i] as u32) << 16)
-            } else {
-                half::f16::from_bits(w[i]).to_f32()
-            };
-            sum += v * x[i];
+            sum += half_to_f32::<BF16>(w[i]) * x[i];
             i += 1;
         }
         sum
+    }
+
+    /// 16 half-precision values at `p` as f32 (`vcvtph2ps` for f16, a shift for bf16).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn widen16<const BF16: bool>(p: *const u16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        if BF16 {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_cvtph_ps(h)
+        }
+    }
+
+    /// One half-precision value as f32 (the kernels' scalar tails).
+    fn half_to_f32<const BF16: bool>(v: u16) -> f32 {
+        if BF16 {
+            f32::from_bits((v as u32) << 16)
+        } else {
+            half::f16::from_bits(v).to_f32()
+        }
     }
 
     /// Four rows against one `x`, two accumulators a row.
@@ -1184,14 +1193,7 @@ mod x86 {
         let n = w.iter().fold(x.len(), |n, r| n.min(r.len()));
         let p = w.map(|r| r.as_ptr());
         let xp = x.as_ptr();
-        let widen = |p: *const u16| {
-            let h = _mm256_loadu_si256(p as *const __m256i);
-            if BF16 {
-                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-            } else {
-                _mm512_cvtph_ps(h)
-            }
-        };
+        let widen = |p: *const u16| widen16::<BF16>(p);
         // acc[k][r]: row r's sum of lanes 16k..16k+16 of every 32-value block.
         let mut acc = [[_mm512_setzero_ps(); 4]; 2];
         let mut i = 0;
@@ -1208,12 +1210,7 @@ mod x86 {
             std::array::from_fn(|r| _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r])));
         for (o, row) in out.iter_mut().zip(w) {
             for (&v, &x) in row[i..n].iter().zip(&x[i..n]) {
-                let v = if BF16 {
-                    f32::from_bits((v as u32) << 16)
-                } else {
-                    half::f16::from_bits(v).to_f32()
-                };
-                *o += v * x;
+                *o += half_to_f32::<BF16>(v) * x;
             }
         }
         out
