@@ -1438,8 +1438,6 @@ mod tests {
         }
     }
 
-    /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
-    /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
     fn four_run_kernel_matches_a_plain_sum() {
         let cols = FOUR_RUN_MIN_COLS + 37;
@@ -1552,6 +1550,8 @@ mod tests {
         }
     }
 
+    /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
+    /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
     fn head_kernels_match_plain_sums() {
         for (d, heads, group) in [
