@@ -409,7 +409,7 @@ impl Attention {
             vec![part(0, total)]
         } else {
             let mut slots: Vec<Option<_>> = (0..parts).map(|_| None).collect();
-            crate::nn::team::for_chunks(&mut slots, 1, |i, slot| {
+            crate::nn::team::for_ranges(&mut slots, 1, |i, slot| {
                 slot[0] = Some(part(i * total / parts, (i + 1) * total / parts));
             });
             slots.into_iter().flatten().collect()

@@ -440,7 +440,7 @@ impl HalfMatrix {
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let w = self.bits();
         let dot = dot_fn(kind);
-        for_each_output(rows, 2 * cols, n, y, |r, j| {
+        for_each_output(rows, n, y, |r, j| {
             dot(&w[r * cols..(r + 1) * cols], &x[j * cols..(j + 1) * cols])
         });
     }
@@ -492,21 +492,14 @@ impl HalfMatrix {
 
 /// Fills `y` (`[n, rows]`) with `value(r, j)`, output feature `r` of activation row `j`, in
 /// parallel over blocks of output features: each task handles every activation row of its
-/// weight rows, so a weight row is read once from memory for all of them.
+/// weight rows, so a weight row is read once from memory for all of them. For a few
+/// activation rows; one row goes through [`for_row_ranges`].
 pub(crate) fn for_each_output(
     rows: usize,
-    row_bytes: usize,
     n: usize,
     y: &mut [f32],
     value: impl Fn(usize, usize) -> f32 + Sync,
 ) {
-    if n == 1 {
-        return for_row_ranges(y, row_bytes, |r0, out| {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = value(r0 + i, 0);
-            }
-        });
-    }
     // Results per task are written as [task rows, n] then scattered into y [n, rows].
     let mut out = vec![0f32; rows * n];
     out.par_chunks_mut(ROWS_PER_TASK * n)

@@ -339,7 +339,7 @@ impl QuantMatrix {
         }
         let dot = block_dot_fn(self.kind);
         let bytes = bpr * self.bytes_per_block();
-        crate::nn::host::for_each_output(self.rows, self.row_bytes(), n, y, |r, j| {
+        crate::nn::host::for_each_output(self.rows, n, y, |r, j| {
             let (xq, xd, xc) = acts.row(j);
             dot(
                 &self.qs[r * bytes..(r + 1) * bytes],

@@ -251,26 +251,6 @@ fn rayon_ranges(n: usize, grain: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         .for_each(|i| f(i * grain, ((i + 1) * grain).min(n)));
 }
 
-/// Runs `f(i, &mut y[a..b])` with `i = a / chunk` for consecutive chunks of `chunk` elements of
-/// `y` (the last one shorter), in parallel with [`run_ranges`]. Chunks taken by one participant
-/// are handed over one at a time, in order.
-pub(crate) fn for_chunks<T: Send>(y: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let chunk = chunk.max(1);
-    let (len, base) = (y.len(), SendPtr(y.as_mut_ptr()));
-    let chunks = len.div_ceil(chunk);
-    run_ranges(chunks, 1, &|a, b| {
-        for i in a..b {
-            let start = i * chunk;
-            let end = (start + chunk).min(len);
-            // SAFETY: each chunk index is run once, chunks are disjoint parts of `y`, which
-            // stays borrowed mutably until `run_ranges` returns.
-            let part =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
-            f(i, part)
-        }
-    });
-}
-
 /// Runs `f(a, &mut y[a..b])` over disjoint ranges covering `y`, `grain` elements a call at most,
 /// each participant streaming one contiguous range (see the module documentation).
 pub(crate) fn for_ranges<T: Send>(y: &mut [T], grain: usize, f: impl Fn(usize, &mut [T]) + Sync) {
@@ -319,14 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_and_ranges_cover_the_slice() {
-        let mut y = vec![0usize; 1001];
-        for_chunks(&mut y, 64, |t, part| {
-            for (i, v) in part.iter_mut().enumerate() {
-                *v = t * 64 + i;
-            }
-        });
-        assert!(y.iter().enumerate().all(|(i, &v)| v == i));
+    fn ranges_cover_the_slice() {
         let mut z = vec![0usize; 1001];
         for_ranges(&mut z, 10, |a, part| {
             for (i, v) in part.iter_mut().enumerate() {
