@@ -365,8 +365,10 @@ impl Attention {
         // Keys this query sees: the window's (itself included), or everything cached.
         let lo = window.map_or(kv.first, |w| (pos + 1).saturating_sub(w).max(kv.first));
         let width = kv_heads * head_dim;
-        let keys = &kv.k[(lo - kv.first) * width..];
-        let values = &kv.v[(lo - kv.first) * width..];
+        // Each key/value head's positions are a run of memory, `head_stride` values apart.
+        let (skip, head_stride) = ((lo - kv.first) * head_dim, kv.head_stride);
+        let keys = &kv.k[skip..];
+        let values = &kv.v[skip..];
         let total = pos + 1 - lo;
         let group = heads / kv_heads;
         let (scale, softcap) = (self.cfg.scale as f32, self.cfg.softcap.map(|c| c as f32));
@@ -375,8 +377,8 @@ impl Attention {
         let part = |t0: usize, t1: usize| {
             let n = t1 - t0;
             let mut p = vec![0f32; heads * n];
-            let (k, v) = (&keys[t0 * width..], &values[t0 * width..]);
-            crate::nn::host::head_scores(&q, head_dim, group, k, width, &mut p);
+            let (k, v) = (&keys[t0 * head_dim..], &values[t0 * head_dim..]);
+            crate::nn::host::head_scores(&q, head_dim, group, k, head_stride, &mut p);
             let mut stats = Vec::with_capacity(heads);
             for ph in p.chunks_exact_mut(n) {
                 if scale != 1.0 || softcap.is_some() {
@@ -392,7 +394,7 @@ impl Attention {
                 stats.push((max, sum));
             }
             let mut o = vec![0f32; heads * head_dim];
-            crate::nn::host::head_weighted(&p, head_dim, group, v, width, &mut o);
+            crate::nn::host::head_weighted(&p, head_dim, group, v, head_stride, &mut o);
             (stats, o)
         };
         // A cache of more than a few dozen kilobytes is split between threads by positions,

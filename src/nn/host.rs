@@ -619,28 +619,33 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
-/// Attention scores of one token's query heads over cached key rows, reading each row once
-/// (position by position, every head): `scores[h·n + t] = q[h·d..][..d] · rows[t·stride +
-/// (h / group)·d..][..d]`, for the `heads = q.len() / d` heads and `n = scores.len() / heads`
-/// rows of `stride` values. Streaming whole rows in order lets the hardware prefetch them; one
-/// head at a time reads a short piece of every row and waits on memory for most of them.
+/// Attention scores of one token's query heads over cached keys laid out head after head
+/// (each key/value head's positions one run of memory, `head_stride` values from one head's run
+/// to the next): `scores[h·n + t] = q[h·d..][..d] · rows[(h / group)·head_stride + t·d..][..d]`,
+/// for the `heads = q.len() / d` heads and `n = scores.len() / heads` positions. Each run is
+/// streamed front to back once, for all the query heads of its group.
 pub(crate) fn head_scores(
     q: &[f32],
     d: usize,
     group: usize,
     rows: &[f32],
-    stride: usize,
+    head_stride: usize,
     scores: &mut [f32],
 ) {
     let heads = q.len() / d.max(1);
     let n = scores.len() / heads.max(1);
-    check_head_rows(heads, d, group, n, rows, stride, "head_scores");
+    check_head_rows(heads, d, group, n, rows, head_stride, "head_scores");
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected; the layout was checked.
+        return unsafe { x86::head_scores_512(q, d, group, rows, head_stride, scores) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the features were just detected; the layout was checked.
-        return unsafe { x86::head_scores_impl(q, d, group, rows, stride, scores) };
+        return unsafe { x86::head_scores_impl(q, d, group, rows, head_stride, scores) };
     }
-    head_scores_with(q, d, group, rows, stride, scores, dot_f32_portable);
+    head_scores_with(q, d, group, rows, head_stride, scores, dot_f32_portable);
 }
 
 /// [`head_scores`]' loop over the dot product `dot` (inlined into each kernel, so that it is
@@ -651,41 +656,50 @@ fn head_scores_with(
     d: usize,
     group: usize,
     rows: &[f32],
-    stride: usize,
+    head_stride: usize,
     scores: &mut [f32],
     dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
     let heads = q.len() / d;
     let n = scores.len() / heads;
-    for t in 0..n {
-        let row = &rows[t * stride..];
-        for h in 0..heads {
-            let k = &row[(h / group) * d..(h / group + 1) * d];
-            scores[h * n + t] = dot(&q[h * d..(h + 1) * d], k);
+    for h0 in (0..heads).step_by(group) {
+        let run = &rows[(h0 / group) * head_stride..];
+        for t in 0..n {
+            let k = &run[t * d..(t + 1) * d];
+            for h in h0..(h0 + group).min(heads) {
+                scores[h * n + t] = dot(&q[h * d..(h + 1) * d], k);
+            }
         }
     }
 }
 
-/// Attention's weighted sums for every head of one token, reading each value row once:
-/// `out[h·d..][..d] = Σₜ p[h·n + t] · rows[t·stride + (h / group)·d..][..d]`, for the
-/// `heads = out.len() / d` heads and `n = p.len() / heads` rows of `stride` values.
+/// Attention's weighted sums for every head of one token over cached values laid out as
+/// [`head_scores`] reads keys: `out[h·d..][..d] = Σₜ p[h·n + t] · rows[(h / group)·head_stride +
+/// t·d..][..d]`, for the `heads = out.len() / d` heads and `n = p.len() / heads` positions.
 pub(crate) fn head_weighted(
     p: &[f32],
     d: usize,
     group: usize,
     rows: &[f32],
-    stride: usize,
+    head_stride: usize,
     out: &mut [f32],
 ) {
     let heads = out.len() / d.max(1);
     let n = p.len() / heads.max(1);
-    check_head_rows(heads, d, group, n, rows, stride, "head_weighted");
+    check_head_rows(heads, d, group, n, rows, head_stride, "head_weighted");
+    #[cfg(target_arch = "x86_64")]
+    if d.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected; the layout was checked.
+        if unsafe { x86::head_weighted_512(p, d, group, rows, head_stride, out) } {
+            return;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the features were just detected; the layout was checked.
-        return unsafe { x86::head_weighted_impl(p, d, group, rows, stride, out) };
+        return unsafe { x86::head_weighted_impl(p, d, group, rows, head_stride, out) };
     }
-    head_weighted_with(p, d, group, rows, stride, out, |y, a, x| {
+    head_weighted_with(p, d, group, rows, head_stride, out, |y, a, x| {
         y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x)
     });
 }
@@ -697,39 +711,44 @@ fn head_weighted_with(
     d: usize,
     group: usize,
     rows: &[f32],
-    stride: usize,
+    head_stride: usize,
     out: &mut [f32],
     axpy: impl Fn(&mut [f32], f32, &[f32]),
 ) {
     let heads = out.len() / d;
     let n = p.len() / heads;
     out.fill(0.0);
-    for t in 0..n {
-        let row = &rows[t * stride..];
-        for (h, o) in out.chunks_exact_mut(d).enumerate() {
-            let v = &row[(h / group) * d..(h / group + 1) * d];
-            axpy(o, p[h * n + t], v);
+    for h0 in (0..heads).step_by(group) {
+        let run = &rows[(h0 / group) * head_stride..];
+        for t in 0..n {
+            let v = &run[t * d..(t + 1) * d];
+            for h in h0..(h0 + group).min(heads) {
+                axpy(&mut out[h * d..(h + 1) * d], p[h * n + t], v);
+            }
         }
     }
 }
 
-/// The layout [`head_scores`] and [`head_weighted`] read: every head's key/value head in each
-/// of the `n` rows.
+/// The layout [`head_scores`] and [`head_weighted`] read: `n` positions of `d` values for each
+/// key/value head, the heads `head_stride` values apart.
 fn check_head_rows(
     heads: usize,
     d: usize,
     group: usize,
     n: usize,
     rows: &[f32],
-    stride: usize,
+    head_stride: usize,
     what: &str,
 ) {
     assert!(group >= 1 && d >= 1, "{what}: empty heads");
     let kv_heads = heads.div_ceil(group);
-    assert!(kv_heads * d <= stride, "{what}: heads wider than a row");
-    if let Some(last) = n.checked_sub(1) {
+    if n > 0 && kv_heads > 0 {
         assert!(
-            rows.len() >= last * stride + kv_heads * d,
+            kv_heads == 1 || n * d <= head_stride,
+            "{what}: heads overlap"
+        );
+        assert!(
+            rows.len() >= (kv_heads - 1) * head_stride + n * d,
             "{what}: rows too short"
         );
     }
@@ -994,11 +1013,11 @@ mod x86 {
         d: usize,
         group: usize,
         rows: &[f32],
-        stride: usize,
+        head_stride: usize,
         scores: &mut [f32],
     ) {
         // SAFETY (the closure): this function's features.
-        super::head_scores_with(q, d, group, rows, stride, scores, |a, b| unsafe {
+        super::head_scores_with(q, d, group, rows, head_stride, scores, |a, b| unsafe {
             dot_f32_impl(a, b)
         });
     }
@@ -1010,13 +1029,226 @@ mod x86 {
         d: usize,
         group: usize,
         rows: &[f32],
-        stride: usize,
+        head_stride: usize,
         out: &mut [f32],
     ) {
         // SAFETY (the closure): this function's features.
-        super::head_weighted_with(p, d, group, rows, stride, out, |y, a, x| unsafe {
+        super::head_weighted_with(p, d, group, rows, head_stride, out, |y, a, x| unsafe {
             axpy_impl(y, a, x)
         });
+    }
+
+    /// [`super::head_scores`] for heads of a multiple of 16 values, sixteen positions at a
+    /// time: each of a head's sixteen dot products runs in its own register (the positions
+    /// read in order, the block read from L1 again for the other heads of the group), and the
+    /// sixteen sums are folded into one vector of scores ([`fold16`]) instead of one
+    /// horizontal sum each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn head_scores_512(
+        q: &[f32],
+        d: usize,
+        group: usize,
+        rows: &[f32],
+        head_stride: usize,
+        scores: &mut [f32],
+    ) {
+        let heads = q.len() / d;
+        let n = scores.len() / heads;
+        let block16 = match d / 16 {
+            1 => scores_block16::<1>,
+            2 => scores_block16::<2>,
+            3 => scores_block16::<3>,
+            4 => scores_block16::<4>,
+            5 => scores_block16::<5>,
+            6 => scores_block16::<6>,
+            7 => scores_block16::<7>,
+            8 => scores_block16::<8>,
+            _ => scores_block16_any,
+        };
+        let (qp, rp, sp) = (q.as_ptr(), rows.as_ptr(), scores.as_mut_ptr());
+        for h0 in (0..heads).step_by(group) {
+            let run = rp.add((h0 / group) * head_stride);
+            let group_heads = h0..(h0 + group).min(heads);
+            let mut t = 0;
+            while t + 16 <= n {
+                let block = run.add(t * d);
+                for h in group_heads.clone() {
+                    block16(qp.add(h * d), d, block, sp.add(h * n + t));
+                }
+                t += 16;
+            }
+            for t in t..n {
+                let k = run.add(t * d);
+                for h in group_heads.clone() {
+                    let qh = qp.add(h * d);
+                    let mut acc = _mm512_setzero_ps();
+                    for j in (0..d).step_by(16) {
+                        acc = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(qh.add(j)),
+                            _mm512_loadu_ps(k.add(j)),
+                            acc,
+                        );
+                    }
+                    *sp.add(h * n + t) = _mm512_reduce_add_ps(acc);
+                }
+            }
+        }
+    }
+
+    /// One head's scores over sixteen positions of `16·C` values (`block`, in order) into
+    /// `out`: the query's `C` vectors stay in registers, each position's sum in its own.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_block16<const C: usize>(
+        q: *const f32,
+        _d: usize,
+        block: *const f32,
+        out: *mut f32,
+    ) {
+        let qv: [__m512; C] = std::array::from_fn(|j| _mm512_loadu_ps(q.add(16 * j)));
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (i, a) in acc.iter_mut().enumerate() {
+            let k = block.add(i * 16 * C);
+            for (j, qv) in qv.iter().enumerate() {
+                *a = _mm512_fmadd_ps(*qv, _mm512_loadu_ps(k.add(16 * j)), *a);
+            }
+        }
+        let lanes = _mm512_loadu_si512(FOLD16_LANE.as_ptr() as *const _);
+        _mm512_storeu_ps(out, _mm512_permutexvar_ps(lanes, fold16(acc)));
+    }
+
+    /// [`scores_block16`] for heads of any multiple of 16 values (the query read from L1).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_block16_any(q: *const f32, d: usize, block: *const f32, out: *mut f32) {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (i, a) in acc.iter_mut().enumerate() {
+            let k = block.add(i * d);
+            for j in (0..d).step_by(16) {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(j)), _mm512_loadu_ps(k.add(j)), *a);
+            }
+        }
+        let lanes = _mm512_loadu_si512(FOLD16_LANE.as_ptr() as *const _);
+        _mm512_storeu_ps(out, _mm512_permutexvar_ps(lanes, fold16(acc)));
+    }
+
+    /// Lane `i` of [`fold16`]'s result holds the sum of `a[4·(i mod 4) + i / 4]`: gathering
+    /// these lanes in order puts `a[i]`'s sum in lane `i`.
+    const FOLD16_LANE: [i32; 16] = {
+        let mut p = [0; 16];
+        let mut i = 0;
+        while i < 16 {
+            p[i] = 4 * (i as i32 % 4) + i as i32 / 4;
+            i += 1;
+        }
+        p
+    };
+
+    /// The sums of sixteen vectors' lanes as one vector: lane `4k + m` is the sum of all lanes
+    /// of `a[4m + k]`. Each step adds pairs of halves of two vectors (512 → 256-bit halves,
+    /// 256 → 128, then within 128-bit lanes 2 floats, 1 float).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn fold16(a: [__m512; 16]) -> __m512 {
+        // Quarters 0-1 of b[i] hold a[2i]'s partial sums, quarters 2-3 a[2i + 1]'s.
+        let b: [__m512; 8] = std::array::from_fn(|i| {
+            let (x, y) = (a[2 * i], a[2 * i + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+            )
+        });
+        // Quarter k of c[i]: a[4i + k]'s.
+        let c: [__m512; 4] = std::array::from_fn(|i| {
+            let (x, y) = (b[2 * i], b[2 * i + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        });
+        // Quarter k of e[i]: lanes 0 and 2 a[8i + k]'s, lanes 1 and 3 a[8i + 4 + k]'s.
+        let e: [__m512; 2] = std::array::from_fn(|i| {
+            let (x, y) = (c[2 * i], c[2 * i + 1]);
+            _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+        });
+        let (x, y) = (_mm512_castps_pd(e[0]), _mm512_castps_pd(e[1]));
+        _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+        )
+    }
+
+    /// [`super::head_weighted`] for heads of `16·c` values with `c` in 1..=8 or 16 (returns
+    /// false for others): the outputs of up to 16 / `c` heads of a group stay in registers
+    /// while their value run streams by once.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn head_weighted_512(
+        p: &[f32],
+        d: usize,
+        group: usize,
+        rows: &[f32],
+        head_stride: usize,
+        out: &mut [f32],
+    ) -> bool {
+        let f = match d / 16 {
+            1 => weighted_block::<1, 16>,
+            2 => weighted_block::<2, 8>,
+            3 => weighted_block::<3, 5>,
+            4 => weighted_block::<4, 4>,
+            5 => weighted_block::<5, 3>,
+            6 => weighted_block::<6, 2>,
+            7 => weighted_block::<7, 2>,
+            8 => weighted_block::<8, 2>,
+            16 => weighted_block::<16, 1>,
+            _ => return false,
+        };
+        let per = match d / 16 {
+            c @ 1..=8 => 16 / c,
+            _ => 1,
+        };
+        let heads = out.len() / d;
+        let n = p.len() / heads;
+        let mut h = 0;
+        while h < heads {
+            // Heads h..h + k: one block, within one group.
+            let k = per.min(group - h % group).min(heads - h);
+            f(
+                p.as_ptr().add(h * n),
+                n,
+                k,
+                rows.as_ptr().add((h / group) * head_stride),
+                out.as_mut_ptr().add(h * d),
+            );
+            h += k;
+        }
+        true
+    }
+
+    /// `out[i·16C..][..16C] = Σₜ p[i·n + t] · run[t·16C..][..16C]` for the `k ≤ H` heads `i` of
+    /// one block.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weighted_block<const C: usize, const H: usize>(
+        p: *const f32,
+        n: usize,
+        k: usize,
+        run: *const f32,
+        out: *mut f32,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; H];
+        for t in 0..n {
+            let row = run.add(t * 16 * C);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                if i < k {
+                    let w = _mm512_set1_ps(*p.add(i * n + t));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * j)), *a);
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(k) {
+            for (j, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * 16 * C + 16 * j), *a);
+            }
+        }
     }
 
     /// `exp` of 8 values ≤ 0 (Cephes' single-precision polynomial: `2^k · e^r` with
@@ -1547,17 +1779,28 @@ mod tests {
     /// and 1-value paths and a stride wider than the rows (several heads per position).
     #[test]
     fn head_kernels_match_plain_sums() {
-        for (d, heads, group) in [
+        // Sizes of the AVX2 kernels and of the AVX-512 ones (heads of 16·c values: blocks of
+        // sixteen positions and the rest, every block of value heads).
+        let sizes = [
             (1, 1, 1),
             (5, 3, 3),
             (8, 4, 2),
             (24, 2, 1),
             (64, 9, 3),
             (77, 4, 4),
-        ] {
+            (16, 20, 20),
+            (48, 6, 2),
+            (80, 4, 4),
+            (96, 6, 6),
+            (128, 8, 8),
+            (144, 2, 1),
+            (256, 2, 2),
+        ];
+        for ((d, heads, group), n) in sizes.into_iter().flat_map(|s| [(s, 11), (s, 16), (s, 37)]) {
             let kv = heads / group;
-            let (stride, n) = (kv * d + 3, 11);
-            let rows: Vec<f32> = (0..(n - 1) * stride + kv * d)
+            // Each head's run with room for 5 positions more than held.
+            let stride = (n + 5) * d;
+            let rows: Vec<f32> = (0..(kv - 1) * stride + n * d)
                 .map(|i| (i as f32 * 0.013).sin())
                 .collect();
             let q: Vec<f32> = (0..heads * d).map(|i| (i as f32 * 0.29).cos()).collect();
@@ -1567,20 +1810,20 @@ mod tests {
             let mut out = vec![f32::NAN; heads * d];
             head_weighted(&p, d, group, &rows, stride, &mut out);
             for h in 0..heads {
-                let off = (h / group) * d;
+                let off = (h / group) * stride;
                 for t in 0..n {
                     let want: f64 = (0..d)
-                        .map(|i| q[h * d + i] as f64 * rows[t * stride + off + i] as f64)
+                        .map(|i| q[h * d + i] as f64 * rows[off + t * d + i] as f64)
                         .sum();
                     let got = scores[h * n + t] as f64;
-                    assert!((got - want).abs() < 1e-4, "scores d={d} h={h} t={t}");
+                    assert!((got - want).abs() < 1e-4, "scores d={d} n={n} h={h} t={t}");
                 }
                 for i in 0..d {
                     let want: f64 = (0..n)
-                        .map(|t| p[h * n + t] as f64 * rows[t * stride + off + i] as f64)
+                        .map(|t| p[h * n + t] as f64 * rows[off + t * d + i] as f64)
                         .sum();
                     let got = out[h * d + i] as f64;
-                    assert!((got - want).abs() < 1e-4, "values d={d} h={h} i={i}");
+                    assert!((got - want).abs() < 1e-4, "values d={d} n={n} h={h} i={i}");
                 }
             }
         }

@@ -32,24 +32,109 @@ pub struct LayerCache {
     host: Option<HostKv>,
 }
 
-/// Keys and values on the host: positions `start..len`, each `[kv_heads, head_dim]`.
+/// Keys and values on the host: positions `start..len`, head after head (`[heads, cap, dim]`),
+/// so that each key/value head's positions are one run of memory, which the attention kernels
+/// stream front to back.
 #[derive(Debug, Clone, Default)]
 struct HostKv {
     k: Vec<f32>,
     v: Vec<f32>,
-    /// `kv_heads · head_dim`.
-    width: usize,
+    heads: usize,
+    dim: usize,
+    /// Positions each head has room for.
+    cap: usize,
+    /// Positions held.
+    held: usize,
 }
 
-/// Keys and values visible to a decoded token on the host path.
+impl HostKv {
+    fn with_capacity(heads: usize, dim: usize, cap: usize) -> Self {
+        let n = heads * cap * dim;
+        Self {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            heads,
+            dim,
+            cap,
+            held: 0,
+        }
+    }
+
+    /// Room for `cap` positions, the held ones kept.
+    fn regrow(&mut self, cap: usize) {
+        let mut grown = Self::with_capacity(self.heads, self.dim, cap);
+        let run = self.held * self.dim;
+        for g in 0..self.heads {
+            let (from, to) = (g * self.cap * self.dim, g * cap * self.dim);
+            grown.k[to..to + run].copy_from_slice(&self.k[from..from + run]);
+            grown.v[to..to + run].copy_from_slice(&self.v[from..from + run]);
+        }
+        grown.held = self.held;
+        *self = grown;
+    }
+
+    /// Appends one position (`[heads, dim]` each), growing by doubling.
+    fn push(&mut self, k: &[f32], v: &[f32]) {
+        if self.held == self.cap {
+            self.regrow((2 * self.cap).max(BLOCK));
+        }
+        let d = self.dim;
+        for g in 0..self.heads {
+            let at = (g * self.cap + self.held) * d;
+            self.k[at..at + d].copy_from_slice(&k[g * d..(g + 1) * d]);
+            self.v[at..at + d].copy_from_slice(&v[g * d..(g + 1) * d]);
+        }
+        self.held += 1;
+    }
+
+    /// Drops the first `n` positions held.
+    fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.held);
+        let d = self.dim;
+        for g in 0..self.heads {
+            let base = g * self.cap * d;
+            self.k.copy_within(base + n * d..base + self.held * d, base);
+            self.v.copy_within(base + n * d..base + self.held * d, base);
+        }
+        self.held -= n;
+    }
+}
+
+/// Keys and values visible to a decoded token on the host path: key/value head `g`'s values
+/// at absolute position `first + t` start at `g · head_stride + t · head_dim` of `k` and `v`.
 #[derive(Debug, Clone, Copy)]
 pub struct HostKvView<'a> {
-    /// `[total, kv_heads, head_dim]`, row-major.
+    /// Keys, `[kv_heads, head_stride / head_dim, head_dim]`.
     pub k: &'a [f32],
-    /// `[total, kv_heads, head_dim]`, row-major.
+    /// Values, laid out as `k`.
     pub v: &'a [f32],
-    /// Absolute position of the first row.
+    /// Absolute position of the first position held.
     pub first: usize,
+    /// Positions held.
+    pub held: usize,
+    /// Values from one key/value head's positions to the next head's.
+    pub head_stride: usize,
+    /// Values of one head at one position.
+    pub head_dim: usize,
+}
+
+impl HostKvView<'_> {
+    /// Position `first + t`'s keys of every head (`[kv_heads, head_dim]`).
+    pub fn key_row(&self, t: usize) -> Vec<f32> {
+        self.row(self.k, t)
+    }
+
+    /// Position `first + t`'s values of every head.
+    pub fn value_row(&self, t: usize) -> Vec<f32> {
+        self.row(self.v, t)
+    }
+
+    fn row(&self, from: &[f32], t: usize) -> Vec<f32> {
+        let (d, heads) = (self.head_dim, from.len() / self.head_stride.max(1));
+        (0..heads)
+            .flat_map(|g| from[g * self.head_stride + t * d..][..d].iter().copied())
+            .collect()
+    }
 }
 
 /// Keys and values visible to a chunk of queries.
@@ -142,58 +227,51 @@ impl LayerCache {
         kv_heads: usize,
         window: Option<usize>,
     ) -> HostKvView<'_> {
-        let width = k.len();
+        let head_dim = k.len() / kv_heads.max(1);
         self.window = window;
         if self.host.is_none() {
-            let host = self.tensors_to_host(kv_heads, width / kv_heads.max(1));
+            let host = self.tensors_to_host(kv_heads, head_dim);
             self.host = Some(host);
         }
         let host = self.host.get_or_insert_with(HostKv::default);
         if let Some(w) = window {
             let keep_from = self.len.saturating_sub(w.saturating_sub(1));
             if keep_from >= self.start + BLOCK {
-                let dropped = (keep_from - self.start) * width;
-                host.k.drain(..dropped);
-                host.v.drain(..dropped);
+                host.drop_front(keep_from - self.start);
                 self.start = keep_from;
             }
         }
-        host.k.extend_from_slice(k);
-        host.v.extend_from_slice(v);
+        host.push(k, v);
         self.len += 1;
         HostKvView {
             k: &host.k,
             v: &host.v,
             first: self.start,
+            held: host.held,
+            head_stride: host.cap * host.dim,
+            head_dim: host.dim,
         }
     }
 
     /// The tensor form's positions (`[1, kv_heads, held, head_dim]`) as a host cache; the
     /// tensors are dropped.
     fn tensors_to_host(&mut self, kv_heads: usize, head_dim: usize) -> HostKv {
-        let width = kv_heads * head_dim;
         let held = self.len - self.start;
         let (k, v) = (self.k.take(), self.v.take());
-        let mut host = HostKv {
-            k: Vec::with_capacity((held + BLOCK) * width),
-            v: Vec::with_capacity((held + BLOCK) * width),
-            width,
-        };
+        let mut host = HostKv::with_capacity(kv_heads, head_dim, held + BLOCK);
         if let (Some(k), Some(v), true) = (k, v, held > 0) {
+            let cap = host.cap;
             let read = |t: Tensor<4>, out: &mut Vec<f32>| {
+                // [heads, held, dim], each head's run into the front of its room.
                 let vals = host_f32(t.slice([0..1, 0..kv_heads, 0..held, 0..head_dim]));
-                // [heads, held, dim] -> [held, heads, dim]
-                out.resize(held * width, 0.0);
-                for hd in 0..kv_heads {
-                    for p in 0..held {
-                        let src = (hd * held + p) * head_dim;
-                        let dst = p * width + hd * head_dim;
-                        out[dst..dst + head_dim].copy_from_slice(&vals[src..src + head_dim]);
-                    }
+                let run = held * head_dim;
+                for (g, src) in vals.chunks_exact(run).enumerate() {
+                    out[g * cap * head_dim..][..run].copy_from_slice(src);
                 }
             };
             read(k, &mut host.k);
             read(v, &mut host.v);
+            host.held = held;
         } else if held > 0 {
             // No tensors yet hold positions: nothing consistent to keep.
             self.start = 0;
@@ -206,7 +284,7 @@ impl LayerCache {
     /// on the device and in the dtype of `like`.
     fn host_to_tensors(&mut self, host: HostKv, [h, d]: [usize; 2], like: &Tensor<4>) {
         let held = self.len - self.start;
-        if held == 0 || host.width != h * d {
+        if held == 0 || held != host.held || host.heads != h || host.dim != d {
             self.k = None;
             self.v = None;
             return;
@@ -214,13 +292,10 @@ impl LayerCache {
         let device = like.device();
         let dtype = like.dtype();
         let build = |src: &[f32]| {
-            let mut out = vec![0f32; held * h * d];
-            for p in 0..held {
-                for hd in 0..h {
-                    let from = p * host.width + hd * d;
-                    let to = (hd * held + p) * d;
-                    out[to..to + d].copy_from_slice(&src[from..from + d]);
-                }
+            let run = held * d;
+            let mut out = Vec::with_capacity(h * run);
+            for g in 0..h {
+                out.extend_from_slice(&src[g * host.cap * d..][..run]);
             }
             Tensor::<4>::from_data(TensorData::new(out, [1, h, held, d]), (&device, dtype))
         };
@@ -281,9 +356,7 @@ impl LayerCache {
         } else {
             self.len = self.len.min(len);
             if let Some(host) = &mut self.host {
-                let keep = (self.len.max(self.start) - self.start) * host.width;
-                host.k.truncate(keep);
-                host.v.truncate(keep);
+                host.held = host.held.min(self.len.max(self.start) - self.start);
             }
         }
     }
@@ -389,13 +462,15 @@ mod tests {
         let total = 5 + BLOCK + 40;
         for p in 5..total {
             let view = c.append_host(&key(p), &key(p), 2, w);
-            let held = view.k.len() / 6;
+            let held = view.held;
             assert_eq!(view.first + held, p + 1, "position {p}");
-            assert_eq!(&view.k[(held - 1) * 6..], key(p).as_slice());
+            assert_eq!(view.key_row(held - 1), key(p));
+            assert_eq!(view.value_row(held - 1), key(p));
             // The window's positions are always held.
             assert!(view.first + 7 <= p || view.first == 0);
             if view.first > 0 {
-                assert_eq!(&view.v[..6], key(view.first).as_slice());
+                assert_eq!(view.value_row(0), key(view.first));
+                assert_eq!(view.key_row(0), key(view.first));
             }
         }
         let first = c.append_host(&key(total), &key(total), 2, w).first;
@@ -429,8 +504,12 @@ mod tests {
             );
             assert!(kv.first + w <= p + 1 || kv.first == 0);
             let view = host.append_host(&key(p), &key(p), 2, Some(w));
-            let held = view.k.len() / 6;
+            let (held, room) = (view.held, view.head_stride / view.head_dim);
             assert!(held <= w + BLOCK, "host form holds {held} at {p}");
+            assert!(
+                room <= 2 * (w + BLOCK),
+                "host form has room for {room} at {p}"
+            );
         }
         assert_eq!((tensors.len(), host.len()), (6 * BLOCK, 6 * BLOCK));
     }
