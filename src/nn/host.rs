@@ -269,9 +269,16 @@ const TASK_BYTES: usize = 1 << 20;
 /// reloads the f32 activation row for every weight row, and once that row no longer stays in
 /// L1 beside the weights streaming through, the weights stream slower: one row a call over
 /// 512 MB, alternating, 31 GB/s at 2048 columns, 30 at 5632 (the 1.1B shape's down
-/// projection), 25 at 8192, against 34 for four rows a call at each (membw 36). On the 135M
-/// shape's rows (576 and 1536 columns) two rows a call were level or 1 % slower.
+/// projection), 25 at 8192, against 34 for four rows a call at each (membw 36). Shorter rows
+/// take four runs too when each run has at least [`FOUR_RUN_MIN_ROWS`] rows.
 const FOUR_RUN_MIN_COLS: usize = 2048;
+/// Rows a run needs for a call of rows shorter than [`FOUR_RUN_MIN_COLS`] to be read as four
+/// runs. Four streams a thread keep more of the memory's requests in flight than one: over
+/// 128 MB of 576- or 1536-column bf16 rows, alternating, 52-60 against 44-55 GB/s when the
+/// VM's memory was fast (membw 50-60), 1.02-1.05x when slow (membw 34). Runs of fewer rows
+/// (the 135M shape's o and down projections come in calls of 36 rows) are streams too short
+/// for the prefetchers to follow: per pass in decode, o 27-30 against 30-33 GB/s.
+const FOUR_RUN_MIN_ROWS: usize = 16;
 /// Weight rows widened at once in the GEMM path.
 const GEMM_BLOCK: usize = 1024;
 /// Activation rows from which the GEMM path is taken.
@@ -450,11 +457,12 @@ impl HalfMatrix {
     /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many)).
     pub(crate) fn rows_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
         let (cols, dot, w) = (self.cols, dot_fn(self.kind), self.bits());
-        let dot4 = dot4_fn(self.kind).filter(|_| cols >= FOUR_RUN_MIN_COLS);
+        let dot4 = dot4_fn(self.kind);
         move |r0, out| {
             let w = &w[r0 * cols..(r0 + out.len()) * cols];
             let row = |r: usize| &w[r * cols..(r + 1) * cols];
-            let runs = match dot4 {
+            let four = cols >= FOUR_RUN_MIN_COLS || out.len() >= 4 * FOUR_RUN_MIN_ROWS;
+            let runs = match dot4.filter(|_| four) {
                 Some(dot4) => {
                     // Four runs, the rows' quarters, each streamed in order (four neighbouring
                     // rows a call streamed slower, as for Q4).
@@ -1665,9 +1673,16 @@ mod tests {
 
     #[test]
     fn four_run_kernel_matches_a_plain_sum() {
-        let cols = FOUR_RUN_MIN_COLS + 37;
-        for kind in [HalfKind::F16, HalfKind::Bf16] {
-            let rows = 13;
+        // Long rows (four runs in any call) and short ones (four runs in calls of at least
+        // 4 * FOUR_RUN_MIN_ROWS rows).
+        let shapes = [
+            (FOUR_RUN_MIN_COLS + 37, 13),
+            (101, 4 * FOUR_RUN_MIN_ROWS + 7),
+        ];
+        for ((cols, rows), kind) in shapes
+            .into_iter()
+            .flat_map(|s| [(s, HalfKind::F16), (s, HalfKind::Bf16)])
+        {
             let vals: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5)
                 .collect();
