@@ -230,15 +230,14 @@ impl SharedOut {
         t: usize,
         tv: usize,
     ) {
-        for r in 0..nr {
-            for v in 0..tv {
-                let j0 = (t + v) * LANES;
-                for (l, &value) in acc[r * 2 + v]
-                    .iter()
-                    .enumerate()
-                    .take(self.n.saturating_sub(j0))
-                {
-                    *self.ptr.add((j0 + l) * self.rows + r0 + r) = value;
+        // Token by token, each token's `nr` values side by side in `y` (a row at a time, the
+        // stores hit a new line of `y` at every value: 6.5 % of a 135M prefill against ~1 %).
+        for v in 0..tv {
+            let j0 = (t + v) * LANES;
+            for l in 0..LANES.min(self.n.saturating_sub(j0)) {
+                let out = self.ptr.add((j0 + l) * self.rows + r0);
+                for r in 0..nr {
+                    *out.add(r) = acc[r * 2 + v][l];
                 }
             }
         }
