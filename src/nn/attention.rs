@@ -389,7 +389,7 @@ impl Attention {
                         }
                     }
                 }
-                let max = ph.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let max = crate::nn::host::max_f32(ph);
                 let sum = crate::nn::host::exp_shifted(ph, max);
                 stats.push((max, sum));
             }

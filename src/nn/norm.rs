@@ -50,7 +50,8 @@ impl RmsNorm {
     pub fn forward_host(&self, x: &mut [f32]) {
         let dim = self.host.len().max(1);
         for row in x.chunks_mut(dim) {
-            let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+            // Vectorized (a plain running sum is one dependent add per value).
+            let mean = crate::nn::host::dot_f32(row, row) / dim as f32;
             let inv = 1.0 / (mean + self.eps as f32).sqrt();
             for (v, w) in row.iter_mut().zip(&self.host) {
                 *v = (*v * inv) * w;
