@@ -236,8 +236,8 @@ impl SharedOut {
             let j0 = (t + v) * LANES;
             for l in 0..LANES.min(self.n.saturating_sub(j0)) {
                 let out = self.ptr.add((j0 + l) * self.rows + r0);
-                for r in 0..nr {
-                    *out.add(r) = acc[r * 2 + v][l];
+                for (r, row) in acc.iter().skip(v).step_by(2).take(nr).enumerate() {
+                    *out.add(r) = row[l];
                 }
             }
         }
