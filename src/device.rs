@@ -292,6 +292,14 @@ impl Device {
         self.keeps_half_weights() && std::env::var("KILN_HOST_DECODE").as_deref() != Ok("0")
     }
 
+    /// Whether such a model ([`Device::decodes_on_host`]) also runs the prefill of a single
+    /// sequence on the host: GEMMs for the projections, each token's attention over its prefix
+    /// of the host KV cache, no tensor operation per layer. On unless the environment sets
+    /// `KILN_HOST_PREFILL=0` (or `KILN_HOST_DECODE=0`).
+    pub fn prefills_on_host(&self) -> bool {
+        self.decodes_on_host() && std::env::var("KILN_HOST_PREFILL").as_deref() != Ok("0")
+    }
+
     /// The float type this device computes in.
     pub fn dtype(&self) -> Dtype {
         self.dtype

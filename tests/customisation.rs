@@ -164,8 +164,11 @@ fn lora_adapters_match_peft() {
             );
             check_logprobs(&what, &tokens, &exp.logprobs, 2e-3);
             if exp.base.ends_with("bf16") && device.name() == Device::cpu().name() {
-                // The merged weights stay on kiln's CPU kernels: the decode path is unchanged.
-                assert!(format!("{model:?}").contains("host_decode: true"), "{what}");
+                // The merged weights stay on kiln's CPU kernels: the decode and prefill paths
+                // are unchanged.
+                let debug = format!("{model:?}");
+                assert!(debug.contains("host_decode: true"), "{what}");
+                assert!(debug.contains("host_prefill: true"), "{what}");
             }
             let nll = mean(&model.token_nll(&exp.nll_ids).unwrap());
             eprintln!("{what}: mean NLL {nll:.6} vs peft {:.6}", exp.mean_nll);

@@ -298,6 +298,8 @@ pub struct Llama {
     device: Device,
     /// Decode steps run on kiln's host path (see [`Device::decodes_on_host`]).
     host_decode: bool,
+    /// So do prefills of one sequence (see [`Device::prefills_on_host`]).
+    host_prefill: bool,
 }
 
 impl Llama {
@@ -410,6 +412,7 @@ impl Llama {
             lm_head,
             rope,
             device: device.clone(),
+            host_prefill: host_decode && device.prefills_on_host(),
             host_decode,
         })
     }
@@ -440,6 +443,52 @@ impl Llama {
         }
         self.norm.forward_host(&mut x);
         self.lm_head.forward_host(&x, 1)
+    }
+
+    /// The prefill of one sequence on the host: `ids` from position `cache.len()`, the logits
+    /// of the last token (`[vocab]`) or of every token (`[n, vocab]`). Everything runs on host
+    /// vectors: GEMMs for the projections, each token's attention over its prefix of the host
+    /// KV cache ([`Attention::forward_host_rows`]). `None`, before anything has run, where a
+    /// layer's sliding window would roll within these positions.
+    fn prefill_host(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Option<Vec<f32>> {
+        let (n, start, hidden) = (ids.len(), cache.len(), self.cfg.hidden_size);
+        if self
+            .cfg
+            .layer_windows
+            .iter()
+            .any(|w| w.is_some_and(|w| start + n > w))
+        {
+            return None;
+        }
+        let positions: Vec<usize> = (start..start + n).collect();
+        let (cos, sin) = self.rope.host_tables(&positions);
+        let mut x = Vec::with_capacity(n * hidden);
+        for &id in ids {
+            x.extend(self.embed_tokens.forward_host(id, &self.device));
+        }
+        let mut h = vec![0f32; x.len()];
+        for (i, layer) in self.layers.iter().enumerate() {
+            h.copy_from_slice(&x);
+            layer.input_layernorm.forward_host(&mut h);
+            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
+            let attn = layer
+                .self_attn
+                .forward_host_rows(&h, n, start, rope, cache.layer_mut(i))?;
+            x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
+            h.copy_from_slice(&x);
+            layer.post_attention_layernorm.forward_host(&mut h);
+            let mlp = match &layer.mlp {
+                Ffn::Dense(m) => m.forward_host_rows(&h, n),
+                Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
+            };
+            x.iter_mut().zip(&mlp).for_each(|(x, m)| *x += m);
+        }
+        let mut x = match which {
+            LogitsFor::Last => x.split_off((n - 1) * hidden),
+            LogitsFor::All => x,
+        };
+        self.norm.forward_host(&mut x);
+        Some(self.lm_head.forward_host(&x, x.len() / hidden))
     }
 
     /// The resolved configuration.
@@ -517,6 +566,16 @@ impl CausalLm for Llama {
                 TensorData::new(logits, [1, vocab]),
                 self.device.floats(),
             ));
+        }
+        if self.host_prefill && seq > 1 && pads == [0] && taps.is_none() {
+            if let Some(logits) = self.prefill_host(input.ids, cache, which) {
+                let vocab = self.info.vocab_size;
+                let n = logits.len() / vocab.max(1);
+                return Ok(Tensor::from_data(
+                    TensorData::new(logits, [n, vocab]),
+                    self.device.floats(),
+                ));
+            }
         }
         let start = cache.len();
         let max_len = cache.max_len();

@@ -9,7 +9,8 @@ use burn::tensor::{activation, FloatDType, Tensor, TensorData};
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
-use crate::nn::{LayerCache, Linear, RmsNorm, RotaryEmbedding};
+use crate::nn::{HostKvView, LayerCache, Linear, RmsNorm, RotaryEmbedding};
+use rayon::prelude::*;
 
 /// Causal masks cached per (sequence length, sliding window).
 type MaskKey = (usize, Option<usize>);
@@ -342,11 +343,7 @@ impl Attention {
         cache: &mut LayerCache,
     ) -> Vec<f32> {
         let AttentionConfig {
-            heads,
-            kv_heads,
-            head_dim,
-            window,
-            ..
+            kv_heads, window, ..
         } = self.cfg;
         let mut qkv =
             Linear::forward_host_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x).into_iter();
@@ -362,6 +359,74 @@ impl Attention {
             rope.apply_host(&mut k, cos, sin);
         }
         let kv = cache.append_host(&k, &v, kv_heads, window);
+        let out = self.attend_host(&q, &kv, pos, true);
+        self.o_proj.forward_host(&out, 1)
+    }
+
+    /// [`Attention::forward_host`] for `n` consecutive tokens of one sequence from position
+    /// `start` (a prefill on kiln's CPU path): `x: [n, hidden]` → `[n, hidden]`; `rope` carries
+    /// the tables of positions `start..start + n`, `rotary_dim` values per position each. The
+    /// projections run as GEMMs, then the tokens attend in parallel, each over its own causal
+    /// prefix of the cache. Returns `None` (and leaves the cache alone) where this path does
+    /// not apply: a sliding window that the new positions would roll.
+    pub fn forward_host_rows(
+        &self,
+        x: &[f32],
+        n: usize,
+        start: usize,
+        rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
+        cache: &mut LayerCache,
+    ) -> Option<Vec<f32>> {
+        let AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            ..
+        } = self.cfg;
+        // Positions are appended first and then attended to: a window must keep them all.
+        if window.is_some_and(|w| start + n > w) {
+            return None;
+        }
+        let mut q = self.q_proj.forward_host(x, n);
+        let mut k = self.k_proj.forward_host(x, n);
+        let v = self.v_proj.forward_host(x, n);
+        if let Some((qn, kn)) = &self.qk_norm {
+            qn.forward_host(&mut q);
+            kn.forward_host(&mut k);
+        }
+        let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
+        if let Some((rope, cos, sin)) = rope {
+            let r = cos.len() / n.max(1);
+            for i in 0..n {
+                let (c, s) = (&cos[i * r..(i + 1) * r], &sin[i * r..(i + 1) * r]);
+                rope.apply_host(&mut q[i * qw..(i + 1) * qw], c, s);
+                rope.apply_host(&mut k[i * kw..(i + 1) * kw], c, s);
+            }
+        }
+        cache.append_host_rows(&k, &v, n, kv_heads, window);
+        let kv = cache.host_view()?;
+        let mut out = vec![0f32; n * qw];
+        // Short rows of work (one token's attention over a few hundred positions): rayon's
+        // tasks, a few tokens each.
+        out.par_chunks_mut(qw).enumerate().for_each(|(i, o)| {
+            o.copy_from_slice(&self.attend_host(&q[i * qw..(i + 1) * qw], &kv, start + i, false));
+        });
+        Some(self.o_proj.forward_host(&out, n))
+    }
+
+    /// One token's attention at position `pos` on the host: its query `q` (`[heads · head_dim]`,
+    /// rotated) over the positions of `kv` it sees (the window's, itself included, or all up
+    /// to `pos`), `[heads · head_dim]` out. With `split`, a cache of more than a few dozen
+    /// kilobytes is split between threads by positions.
+    fn attend_host(&self, q: &[f32], kv: &HostKvView<'_>, pos: usize, split: bool) -> Vec<f32> {
+        let AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            window,
+            ..
+        } = self.cfg;
         // Keys this query sees: the window's (itself included), or everything cached.
         let lo = window.map_or(kv.first, |w| (pos + 1).saturating_sub(w).max(kv.first));
         let width = kv_heads * head_dim;
@@ -378,7 +443,7 @@ impl Attention {
             let n = t1 - t0;
             let mut p = vec![0f32; heads * n];
             let (k, v) = (&keys[t0 * head_dim..], &values[t0 * head_dim..]);
-            crate::nn::host::head_scores(&q, head_dim, group, k, head_stride, &mut p);
+            crate::nn::host::head_scores(q, head_dim, group, k, head_stride, &mut p);
             let mut stats = Vec::with_capacity(heads);
             for ph in p.chunks_exact_mut(n) {
                 if scale != 1.0 || softcap.is_some() {
@@ -403,19 +468,27 @@ impl Attention {
         // positions, about 20 % of a decode step on one thread, 10-12 % on two), and the parts are
         // combined by rescaling to the overall maximum.
         const ROWS_BYTES: usize = 32 << 10;
-        let parts = (total * width * 4 / ROWS_BYTES)
-            .min(rayon::current_num_threads())
-            .min(total)
-            .max(1);
-        let parts: Vec<_> = if parts == 1 {
-            vec![part(0, total)]
+        let parts = if split {
+            (total * width * 4 / ROWS_BYTES)
+                .min(rayon::current_num_threads())
+                .min(total)
+                .max(1)
         } else {
-            let mut slots: Vec<Option<_>> = (0..parts).map(|_| None).collect();
-            crate::nn::team::for_ranges(&mut slots, 1, |i, slot| {
-                slot[0] = Some(part(i * total / parts, (i + 1) * total / parts));
-            });
-            slots.into_iter().flatten().collect()
+            1
         };
+        if parts == 1 {
+            let (stats, mut o) = part(0, total);
+            for ((_, sum), o) in stats.iter().zip(o.chunks_exact_mut(head_dim)) {
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+            return o;
+        }
+        let mut slots: Vec<Option<_>> = (0..parts).map(|_| None).collect();
+        crate::nn::team::for_ranges(&mut slots, 1, |i, slot| {
+            slot[0] = Some(part(i * total / parts, (i + 1) * total / parts));
+        });
+        let parts: Vec<_> = slots.into_iter().flatten().collect();
         let mut out = vec![0f32; heads * head_dim];
         for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
             let max = parts
@@ -431,7 +504,7 @@ impl Attention {
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|v| *v *= inv);
         }
-        self.o_proj.forward_host(&out, 1)
+        out
     }
 
     /// Whether every projection keeps its weight on the host (see [`Linear::host`]).

@@ -73,6 +73,13 @@ impl HostKv {
         *self = grown;
     }
 
+    /// Makes room for `extra` more positions (and [`BLOCK`] beyond) if there is not.
+    fn reserve(&mut self, extra: usize) {
+        if self.held + extra > self.cap {
+            self.regrow(self.held + extra + BLOCK);
+        }
+    }
+
     /// Appends one position (`[heads, dim]` each), growing by doubling.
     fn push(&mut self, k: &[f32], v: &[f32]) {
         if self.held == self.cap {
@@ -214,6 +221,39 @@ impl LayerCache {
         self.k = Some(kc);
         self.v = Some(vc);
         out
+    }
+
+    /// [`append_host`](Self::append_host) for `n` positions (`[n, kv_heads · head_dim]` each),
+    /// the room grown once for all of them.
+    pub(crate) fn append_host_rows(
+        &mut self,
+        k: &[f32],
+        v: &[f32],
+        n: usize,
+        kv_heads: usize,
+        window: Option<usize>,
+    ) {
+        let width = k.len() / n.max(1);
+        for i in 0..n {
+            let rows = i * width..(i + 1) * width;
+            self.append_host(&k[rows.clone()], &v[rows], kv_heads, window);
+            // The first append puts the cache in host form.
+            if let (0, Some(host)) = (i, &mut self.host) {
+                host.reserve(n - 1);
+            }
+        }
+    }
+
+    /// The positions held on the host, if the cache is in host form.
+    pub(crate) fn host_view(&self) -> Option<HostKvView<'_>> {
+        self.host.as_ref().map(|host| HostKvView {
+            k: &host.k,
+            v: &host.v,
+            first: self.start,
+            held: host.held,
+            head_stride: host.cap * host.dim,
+            head_dim: host.dim,
+        })
     }
 
     /// Appends one position's keys and values (`[kv_heads · head_dim]` each, `width` values)

@@ -111,6 +111,16 @@ impl GatedMlp {
         self.down_proj.forward_host(&gate, 1)
     }
 
+    /// [`GatedMlp::forward_host`] for `n` rows of `x` (`[n, hidden]` → `[n, hidden]`): the
+    /// projections as GEMMs.
+    pub fn forward_host_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut gate = self.gate_proj.forward_host(x, n);
+        let up = self.up_proj.forward_host(x, n);
+        self.act.forward_host(&mut gate);
+        gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
+        self.down_proj.forward_host(&gate, n)
+    }
+
     /// Whether every projection keeps its weight on the host (see [`Linear::host`]).
     pub fn is_host(&self) -> bool {
         [&self.gate_proj, &self.up_proj, &self.down_proj]
