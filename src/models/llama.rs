@@ -417,47 +417,24 @@ impl Llama {
         })
     }
 
-    /// One decode step of one sequence on the host: the token's logits (`[vocab]`). Every
-    /// weight is read by kiln's CPU kernels and everything between them runs on plain host
-    /// vectors, so a step costs one parallel pass per projection and no tensor operations.
-    fn decode_host(&self, id: u32, cache: &mut KvCache) -> Vec<f32> {
-        let pos = cache.len();
-        let (cos, sin) = self.rope.host_tables(&[pos]);
-        let mut x = self.embed_tokens.forward_host(id, &self.device);
-        let mut h = vec![0f32; x.len()];
-        for (i, layer) in self.layers.iter().enumerate() {
-            h.copy_from_slice(&x);
-            layer.input_layernorm.forward_host(&mut h);
-            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
-            let attn = layer
-                .self_attn
-                .forward_host(&h, pos, rope, cache.layer_mut(i));
-            x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
-            h.copy_from_slice(&x);
-            layer.post_attention_layernorm.forward_host(&mut h);
-            let mlp = match &layer.mlp {
-                Ffn::Dense(m) => m.forward_host(&h),
-                Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
-            };
-            x.iter_mut().zip(&mlp).for_each(|(x, m)| *x += m);
-        }
-        self.norm.forward_host(&mut x);
-        self.lm_head.forward_host(&x, 1)
-    }
-
-    /// The prefill of one sequence on the host: `ids` from position `cache.len()`, the logits
-    /// of the last token (`[vocab]`) or of every token (`[n, vocab]`). Everything runs on host
-    /// vectors: GEMMs for the projections, each token's attention over its prefix of the host
-    /// KV cache ([`Attention::forward_host_rows`]). `None`, before anything has run, where a
-    /// layer's sliding window would roll within these positions.
-    fn prefill_host(&self, ids: &[u32], cache: &mut KvCache, which: LogitsFor) -> Option<Vec<f32>> {
+    /// A forward pass of one sequence on the host: `ids` from position `cache.len()`, the
+    /// logits of the last token (`[vocab]`) or of every token (`[n, vocab]`). Every weight is
+    /// read by kiln's CPU kernels and everything between them runs on plain host vectors, no
+    /// tensor operation: a decode step (one id) costs one parallel pass per projection; a
+    /// prefill runs the projections as GEMMs and each token's attention over its prefix of the
+    /// host KV cache ([`Attention::forward_host_rows`]). `None`, before anything has run, where
+    /// a layer's sliding window would roll within a prompt's positions.
+    fn forward_on_host(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        which: LogitsFor,
+    ) -> Option<Vec<f32>> {
         let (n, start, hidden) = (ids.len(), cache.len(), self.cfg.hidden_size);
-        if self
-            .cfg
-            .layer_windows
-            .iter()
-            .any(|w| w.is_some_and(|w| start + n > w))
-        {
+        // A prompt's positions are all appended before they are attended to (one token at a
+        // time, the window rolls as it goes).
+        let rolls = |w: &Option<usize>| w.is_some_and(|w| start + n > w);
+        if n == 0 || (n > 1 && self.cfg.layer_windows.iter().any(rolls)) {
             return None;
         }
         let positions: Vec<usize> = (start..start + n).collect();
@@ -557,18 +534,15 @@ impl CausalLm for Llama {
         mut taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
         let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
-        if self.host_decode && seq == 1 && pads == [0] && taps.is_none() {
+        let host = if seq == 1 {
+            self.host_decode
+        } else {
+            self.host_prefill
+        };
+        if host && pads == [0] && taps.is_none() {
             // On this thread: its passes run on kiln's team (`nn::team`), which it joins, and
             // the switchable adapter chosen on it applies.
-            let logits = self.decode_host(input.ids[0], cache);
-            let vocab = logits.len();
-            return Ok(Tensor::from_data(
-                TensorData::new(logits, [1, vocab]),
-                self.device.floats(),
-            ));
-        }
-        if self.host_prefill && seq > 1 && pads == [0] && taps.is_none() {
-            if let Some(logits) = self.prefill_host(input.ids, cache, which) {
+            if let Some(logits) = self.forward_on_host(input.ids, cache, which) {
                 let vocab = self.info.vocab_size;
                 let n = logits.len() / vocab.max(1);
                 return Ok(Tensor::from_data(

@@ -367,8 +367,9 @@ impl Attention {
     /// `start` (a prefill on kiln's CPU path): `x: [n, hidden]` → `[n, hidden]`; `rope` carries
     /// the tables of positions `start..start + n`, `rotary_dim` values per position each. The
     /// projections run as GEMMs, then the tokens attend in parallel, each over its own causal
-    /// prefix of the cache. Returns `None` (and leaves the cache alone) where this path does
-    /// not apply: a sliding window that the new positions would roll.
+    /// prefix of the cache; one token is [`Attention::forward_host`]. Returns `None` (and
+    /// leaves the cache alone) where this path does not apply: a sliding window that two or
+    /// more new positions would roll.
     pub fn forward_host_rows(
         &self,
         x: &[f32],
@@ -384,6 +385,9 @@ impl Attention {
             window,
             ..
         } = self.cfg;
+        if n == 1 {
+            return Some(self.forward_host(x, start, rope, cache));
+        }
         // Positions are appended first and then attended to: a window must keep them all.
         if window.is_some_and(|w| start + n > w) {
             return None;

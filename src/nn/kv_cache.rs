@@ -283,14 +283,7 @@ impl LayerCache {
         }
         host.push(k, v);
         self.len += 1;
-        HostKvView {
-            k: &host.k,
-            v: &host.v,
-            first: self.start,
-            held: host.held,
-            head_stride: host.cap * host.dim,
-            head_dim: host.dim,
-        }
+        self.host_view().expect("in host form above")
     }
 
     /// The tensor form's positions (`[1, kv_heads, held, head_dim]`) as a host cache; the

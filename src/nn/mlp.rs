@@ -112,8 +112,11 @@ impl GatedMlp {
     }
 
     /// [`GatedMlp::forward_host`] for `n` rows of `x` (`[n, hidden]` → `[n, hidden]`): the
-    /// projections as GEMMs.
+    /// projections as GEMMs (one row: [`GatedMlp::forward_host`]).
     pub fn forward_host_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        if n == 1 {
+            return self.forward_host(x);
+        }
         let mut gate = self.gate_proj.forward_host(x, n);
         let up = self.up_proj.forward_host(x, n);
         self.act.forward_host(&mut gate);
