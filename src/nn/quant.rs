@@ -991,6 +991,42 @@ mod x86 {
         _mm512_dpbusd_epi32(s, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask), hi)
     }
 
+    /// The pair of blocks that follows a row's units of four (rows of 4k + 2 blocks, such as
+    /// 576 columns), laid out as a row of two blocks would be: its activations and lane starts
+    /// (first block `b`, first lane `c`), loaded once for every row.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_pair_acts(xp: *const i8, xcp: *const i32, b: usize, c: usize) -> [__m256i; 3] {
+        let x = xp.add(b * QBLOCK);
+        [
+            _mm256_loadu_si256(xcp.add(c) as *const __m256i),
+            _mm256_loadu_si256(x as *const __m256i),
+            _mm256_loadu_si256(x.add(QBLOCK) as *const __m256i),
+        ]
+    }
+
+    /// One row's pair of blocks (32 weight bytes at `w`, its two f16 scales at `wd`, the
+    /// activations' two scales at `xd`) against [`q4_pair_acts`], scaled, in f32 lanes (lanes
+    /// 0..4 the first block's, 4..8 the second's).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl,f16c")]
+    unsafe fn q4_pair256(
+        w: *const u8,
+        wd: *const u16,
+        xd: *const f32,
+        acts: &[__m256i; 3],
+    ) -> __m256 {
+        let mask = _mm256_set1_epi8(0x0F);
+        let v = _mm256_loadu_si256(w as *const __m256i);
+        let s = _mm256_dpbusd_epi32(acts[0], _mm256_and_si256(v, mask), acts[1]);
+        let s = _mm256_dpbusd_epi32(s, _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), acts[2]);
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128((wd as *const i32).read_unaligned()));
+        let xs = _mm_castpd_ps(_mm_load_sd(xd as *const f64));
+        let p = _mm256_castps128_ps256(_mm_mul_ps(scales, xs));
+        let d = _mm256_permutevar8x32_ps(p, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(s), d)
+    }
+
     /// [`dot_q4_vnni_impl`] on 512-bit vectors: one load holds a unit of four blocks, and half
     /// as many instructions per byte lets the core keep more of the stream in flight. What
     /// follows the units of four (a pair, a single block) has the layout a row of that many
@@ -1033,8 +1069,16 @@ mod x86 {
             acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad(q)), d, acc[0]);
             q += 1;
         }
-        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-        let (b, c) = (4 * quads, 16 * quads);
+        let mut sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let (mut b, mut c) = (4 * quads, 16 * quads);
+        if blocks - b >= 2 {
+            assert!(wq.len() >= (b + 2) * QBLOCK / 2 && xq.len() >= (b + 2) * QBLOCK);
+            assert!(xc.len() >= c + 8);
+            let acts = q4_pair_acts(xp, xcp, b, c);
+            let pair = q4_pair256(wp.add(b * QBLOCK / 2), wdp.add(b), xdp.add(b), &acts);
+            sum = _mm512_add_ps(sum, _mm512_zextps256_ps512(pair));
+            (b, c) = (b + 2, c + 8);
+        }
         let rest = if b < blocks {
             dot_q4_vnni_impl(
                 &wq[b * QBLOCK / 2..],
@@ -1088,15 +1132,13 @@ mod x86 {
             k += 8;
         }
         while k < pairs {
-            let (a, b) = (
-                super::scale(*wdp.add(2 * k)) * *xdp.add(2 * k),
-                super::scale(*wdp.add(2 * k + 1)) * *xdp.add(2 * k + 1),
-            );
-            let d = _mm512_insertf32x8::<1>(
-                _mm512_castps256_ps512(_mm256_set1_ps(a)),
-                _mm256_set1_ps(b),
-            );
-            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair(k)), d, acc[0]);
+            // The pair's two scales widened in a vector (one conversion each in software costs
+            // more than the pair's product on rows of a few hundred columns).
+            let w = _mm_cvtsi32_si128((wdp.add(2 * k) as *const i32).read_unaligned());
+            let x = _mm_castpd_ps(_mm_load_sd(xdp.add(2 * k) as *const f64));
+            let p = _mm512_castps128_ps512(_mm_mul_ps(_mm_cvtph_ps(w), x));
+            let d = _mm512_permutexvar_ps(idx[0], p);
+            acc[k % 4] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pair(k)), d, acc[k % 4]);
             k += 1;
         }
         let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
@@ -1175,7 +1217,21 @@ mod x86 {
             }
             q += 1;
         }
-        let (b, c) = (4 * quads, 16 * quads);
+        let (mut b, mut c) = (4 * quads, 16 * quads);
+        if blocks - b >= 2 {
+            assert!(xq.len() >= (b + 2) * QBLOCK && xc.len() >= c + 8);
+            let acts = q4_pair_acts(xp, xcp, b, c);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pair = q4_pair256(
+                    wp.add(r * stride + b * QBLOCK / 2),
+                    wdp.add(r * sstride + b),
+                    xdp.add(b),
+                    &acts,
+                );
+                *a = _mm512_add_ps(*a, _mm512_zextps256_ps512(pair));
+            }
+            (b, c) = (b + 2, c + 8);
+        }
         std::array::from_fn(|r| {
             let rest = if b < blocks {
                 dot_q4_vnni_impl(
@@ -1349,7 +1405,7 @@ mod tests {
     fn four_row_kernels_match_the_one_row_kernel() {
         for kind in [Quantization::Q8, Quantization::Q4] {
             let dot = block_dot_fn(kind);
-            for blocks in [1, 4, 5, 6, 7, 16, 17, 64, 66] {
+            for blocks in [1, 4, 5, 6, 7, 16, 17, 18, 64, 66] {
                 let cols = blocks * QBLOCK;
                 for rows in [3, 4, 8, 13, 19, 40] {
                     let w: Vec<f32> = (0..rows * cols)
@@ -1406,7 +1462,7 @@ mod tests {
                 }
             }
         }
-        for blocks in [1, 2, 3, 5, 8, 9, 16, 17, 23, 36, 39] {
+        for blocks in [1, 2, 3, 5, 8, 9, 16, 17, 18, 23, 36, 39] {
             let (rows, cols) = (3, blocks * QBLOCK);
             let w: Vec<f32> = (0..rows * cols)
                 .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * (1.0 + (i % 5) as f32))
