@@ -265,7 +265,7 @@ const ROWS_PER_TASK: usize = 64;
 /// in four of four), bf16, Q8 and the 135M shape level. Passes still split into at least 8
 /// tasks per thread.
 const TASK_BYTES: usize = 1 << 20;
-/// Columns from which the decode GEMV reads four rows a call ([`dot4_fn`]). The one-row kernel
+/// Columns from which the decode GEMV reads four rows a call ([`runs4_fn`]). The one-row kernel
 /// reloads the f32 activation row for every weight row, and once that row no longer stays in
 /// L1 beside the weights streaming through, the weights stream slower: one row a call over
 /// 512 MB, alternating, 31 GB/s at 2048 columns, 30 at 5632 (the 1.1B shape's down
@@ -456,30 +456,22 @@ impl HalfMatrix {
     /// values): the decode GEMV's call (one weight's [`gemv`](Self::gemv), or several fused in
     /// [`HostWeight::gemv_many`](crate::nn::linear::HostWeight::gemv_many)).
     pub(crate) fn rows_dot<'a>(&'a self, x: &'a [f32]) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
-        let (cols, dot, w) = (self.cols, dot_fn(self.kind), self.bits());
-        let dot4 = dot4_fn(self.kind);
+        let (cols, rows, w) = (self.cols, rows_fn(self.kind), self.bits());
+        let runs4 = runs4_fn(self.kind);
         move |r0, out| {
             let w = &w[r0 * cols..(r0 + out.len()) * cols];
-            let row = |r: usize| &w[r * cols..(r + 1) * cols];
             let four = cols >= FOUR_RUN_MIN_COLS || out.len() >= 4 * FOUR_RUN_MIN_ROWS;
-            let runs = match dot4.filter(|_| four) {
-                Some(dot4) => {
+            let runs = match runs4.filter(|_| four) {
+                Some(runs4) => {
                     // Four runs, the rows' quarters, each streamed in order (four neighbouring
                     // rows a call streamed slower, as for Q4).
-                    let q = out.len() / 4;
-                    for i in 0..q {
-                        let r = dot4([i, q + i, 2 * q + i, 3 * q + i].map(row), x);
-                        for (k, v) in r.into_iter().enumerate() {
-                            out[k * q + i] = v;
-                        }
-                    }
-                    4 * q
+                    let n = out.len() / 4 * 4;
+                    runs4(&w[..n * cols], cols, x, &mut out[..n]);
+                    n
                 }
                 None => 0,
             };
-            for (r, o) in out.iter_mut().enumerate().skip(runs) {
-                *o = dot(row(r), x);
-            }
+            rows(&w[runs * cols..], cols, x, &mut out[runs..]);
         }
     }
 
@@ -863,20 +855,46 @@ pub(crate) fn widen(kind: HalfKind, src: &[u16], dst: &mut [f32]) {
 }
 
 type DotFn = fn(&[u16], &[f32]) -> f32;
-type Dot4Fn = fn([&[u16]; 4], &[f32]) -> [f32; 4];
+/// Rows `w` (`cols` values each) dotted with `x` into `out`, a row each.
+type RowsFn = fn(&[u16], usize, &[f32], &mut [f32]);
+/// [`RowsFn`] for four runs of `out.len() / 4` rows (a multiple of four): row `i` of run `k`
+/// into `out[k · run + i]`, one row of each run at a time.
+type Runs4Fn = fn(&[u16], usize, &[f32], &mut [f32]);
 
 /// A kernel of four rows a call for `kind` where the CPU has one (AVX-512): each block of `x`
 /// is loaded once for the four rows.
-fn dot4_fn(kind: HalfKind) -> Option<Dot4Fn> {
+fn runs4_fn(kind: HalfKind) -> Option<Runs4Fn> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         return Some(match kind {
-            HalfKind::F16 => x86::dot4_f16_512,
-            HalfKind::Bf16 => x86::dot4_bf16_512,
+            HalfKind::F16 => x86::runs4_f16_512,
+            HalfKind::Bf16 => x86::runs4_bf16_512,
         });
     }
     let _ = kind;
     None
+}
+
+/// [`dot_fn`]'s kernel over consecutive rows, the loop inside the kernel where the CPU has an
+/// AVX-512 one.
+fn rows_fn(kind: HalfKind) -> RowsFn {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return match kind {
+            HalfKind::F16 => x86::rows_f16_512,
+            HalfKind::Bf16 => x86::rows_bf16_512,
+        };
+    }
+    match kind {
+        HalfKind::F16 => |w, cols, x, out| rows_with(dot_fn(HalfKind::F16), w, cols, x, out),
+        HalfKind::Bf16 => |w, cols, x, out| rows_with(dot_fn(HalfKind::Bf16), w, cols, x, out),
+    }
+}
+
+fn rows_with(dot: DotFn, w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(cols.max(1))) {
+        *o = dot(row, x);
+    }
 }
 
 /// The fastest dot product this CPU runs for `kind`.
@@ -1390,6 +1408,7 @@ mod x86 {
     /// delivers (a C model on Zen 4 with 2 threads: 32-33 GB/s for the 8-lane bf16 kernel
     /// whatever the bandwidth, 33-48 GB/s for this one; at 30-35 GB/s both are memory-bound).
     /// Same products; the sums are grouped differently.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn dot_half_512<const BF16: bool>(w: &[u16], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
@@ -1439,6 +1458,7 @@ mod x86 {
     }
 
     /// Four rows against one `x`, two accumulators a row.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn dot4_half_512<const BF16: bool>(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
         let n = w.iter().fold(x.len(), |n, r| n.min(r.len()));
@@ -1467,14 +1487,49 @@ mod x86 {
         out
     }
 
-    pub fn dot4_f16_512(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
-        // SAFETY: only handed out by dot4_fn after detecting avx512f.
-        unsafe { dot4_half_512::<false>(w, x) }
+    /// [`super::Runs4Fn`] over [`dot4_half_512`]: the loop over the runs' rows inside the
+    /// kernel's features (a call through a pointer per four rows costs as much as a short
+    /// row's product).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn runs4_half_512<const BF16: bool>(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        let run = out.len() / 4;
+        assert!(w.len() >= 4 * run * cols && x.len() >= cols);
+        let row = |r: usize| &w[r * cols..(r + 1) * cols];
+        for i in 0..run {
+            let four = dot4_half_512::<BF16>([i, run + i, 2 * run + i, 3 * run + i].map(row), x);
+            for (k, v) in four.into_iter().enumerate() {
+                out[k * run + i] = v;
+            }
+        }
     }
 
-    pub fn dot4_bf16_512(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
-        // SAFETY: only handed out by dot4_fn after detecting avx512f.
-        unsafe { dot4_half_512::<true>(w, x) }
+    /// [`super::RowsFn`] over [`dot_half_512`], as [`runs4_half_512`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows_half_512<const BF16: bool>(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        assert!(w.len() >= out.len() * cols);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = dot_half_512::<BF16>(&w[r * cols..(r + 1) * cols], x);
+        }
+    }
+
+    pub fn runs4_f16_512(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: only handed out by runs4_fn after detecting avx512f.
+        unsafe { runs4_half_512::<false>(w, cols, x, out) }
+    }
+
+    pub fn runs4_bf16_512(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: only handed out by runs4_fn after detecting avx512f.
+        unsafe { runs4_half_512::<true>(w, cols, x, out) }
+    }
+
+    pub fn rows_f16_512(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: only handed out by rows_fn after detecting avx512f.
+        unsafe { rows_half_512::<false>(w, cols, x, out) }
+    }
+
+    pub fn rows_bf16_512(w: &[u16], cols: usize, x: &[f32], out: &mut [f32]) {
+        // SAFETY: only handed out by rows_fn after detecting avx512f.
+        unsafe { rows_half_512::<true>(w, cols, x, out) }
     }
 
     pub fn dot_f16_512(w: &[u16], x: &[f32]) -> f32 {

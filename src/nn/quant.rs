@@ -269,23 +269,17 @@ impl QuantMatrix {
                 // front to back, which the CPU's stream prefetchers follow (four rows next to
                 // each other would be four streams of one row each, restarted every fourth
                 // row: half the bandwidth, measured).
-                let run = out.len() / 4;
-                for i in 0..run {
-                    let r = r0 + i;
-                    let four = dot4(
-                        &self.qs[r * bytes..(r + 3 * run + 1) * bytes],
-                        run * bytes,
-                        &self.scales[r * bpr..(r + 3 * run + 1) * bpr],
-                        run * bpr,
-                        xq,
-                        xd,
-                        xc,
-                    );
-                    for (k, v) in four.into_iter().enumerate() {
-                        out[k * run + i] = v;
-                    }
-                }
-                done = 4 * run;
+                done = out.len() / 4 * 4;
+                dot4(
+                    &self.qs[r0 * bytes..(r0 + done) * bytes],
+                    bytes,
+                    &self.scales[r0 * bpr..(r0 + done) * bpr],
+                    bpr,
+                    xq,
+                    xd,
+                    xc,
+                    &mut out[..done],
+                );
             }
             let r = r0 + done;
             let out = &mut out[done..];
@@ -582,10 +576,11 @@ fn block_dot_fn(kind: Quantization) -> BlockDot {
     }
 }
 
-/// [`BlockDot`] for four weight rows at once, the same activations: the first row's integers
-/// and the distance in bytes to each next row's, the first row's scales and the distance in
-/// scales to the next row's (the row's block count is the activations' `xd.len()`).
-type BlockDot4 = fn(&[u8], usize, &[u16], usize, &[i8], &[f32], &[i32]) -> [f32; 4];
+/// [`BlockDot`] for four long runs of weight rows, the same activations: `out.len() / 4`
+/// (a multiple of four) rows a run, the rows' integers (`bytes` a row) and scales (`bpr` a
+/// row) from the first row of the first run; row `i` of run `k` into `out[k · run + i]`,
+/// one row of each run at a time (the row's block count is the activations' `xd.len()`).
+type BlockDot4 = fn(&[u8], usize, &[u16], usize, &[i8], &[f32], &[i32], &mut [f32]);
 
 fn block_dot4_fn(kind: Quantization) -> Option<BlockDot4> {
     #[cfg(target_arch = "x86_64")]
@@ -604,7 +599,7 @@ fn block_dot4_fn(kind: Quantization) -> Option<BlockDot4> {
             // 27.7-32.0 tok/s on the 1.1B shape); Q4's kernel is bound by its instructions.
             return match kind {
                 Quantization::Q8 => None,
-                Quantization::Q4 => Some(x86::dot4_q4_avx512),
+                Quantization::Q4 => Some(x86::runs4_q4_avx512),
             };
         }
     }
@@ -1159,6 +1154,7 @@ mod x86 {
 
     /// [`dot_q4_avx512_impl`] for four rows: each unit's activations and lane starts are
     /// loaded once for the four rows' weights; each row keeps its own accumulator.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
     unsafe fn dot4_q4_avx512_impl(
         wq: &[u8],
@@ -1248,18 +1244,53 @@ mod x86 {
         })
     }
 
-    pub fn dot4_q4_avx512(
+    /// [`super::BlockDot4`] over [`dot4_q4_avx512_impl`]: the loop over a run's rows inside
+    /// the kernel's features, one call a task (a call per four rows cost a fifth of the
+    /// product on rows of 576 columns).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+    unsafe fn runs4_q4_avx512_impl(
         wq: &[u8],
-        stride: usize,
+        bytes: usize,
         wd: &[u16],
-        sstride: usize,
+        bpr: usize,
         xq: &[i8],
         xd: &[f32],
         xc: &[i32],
-    ) -> [f32; 4] {
+        out: &mut [f32],
+    ) {
+        let run = out.len() / 4;
+        assert!(wq.len() >= 4 * run * bytes && wd.len() >= 4 * run * bpr);
+        for i in 0..run {
+            let four = dot4_q4_avx512_impl(
+                &wq[i * bytes..],
+                run * bytes,
+                &wd[i * bpr..],
+                run * bpr,
+                xq,
+                xd,
+                xc,
+            );
+            for (k, v) in four.into_iter().enumerate() {
+                out[k * run + i] = v;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn runs4_q4_avx512(
+        wq: &[u8],
+        bytes: usize,
+        wd: &[u16],
+        bpr: usize,
+        xq: &[i8],
+        xd: &[f32],
+        xc: &[i32],
+        out: &mut [f32],
+    ) {
         // SAFETY: only handed out by block_dot4_fn after detecting avx512f, avx512bw,
         // avx512vnni, avx512vl, avx2, fma and f16c.
-        unsafe { dot4_q4_avx512_impl(wq, stride, wd, sstride, xq, xd, xc) }
+        unsafe { runs4_q4_avx512_impl(wq, bytes, wd, bpr, xq, xd, xc, out) }
     }
 
     pub fn dot_q8_avx512(wq: &[u8], wd: &[u16], xq: &[i8], xd: &[f32], xc: &[i32]) -> f32 {
