@@ -263,8 +263,18 @@ const ROWS_PER_TASK: usize = 64;
 /// task's streams ramp up anew (Q4 decode reads a task as four runs of rows). 1 MiB against
 /// 256 KiB, alternating on the 1.1B shape: Q4 decode 48.1–49.7 against 47.0–48.6 tok/s (ahead
 /// in four of four), bf16, Q8 and the 135M shape level. Passes still split into at least 8
-/// tasks per thread.
+/// tasks per thread ([`TASKS_PER_THREAD`]).
 const TASK_BYTES: usize = 1 << 20;
+/// Tasks a thread's share of a GEMV pass is split into at least: the grain of the team's
+/// claims, and so of stealing at the pass's end.
+pub(crate) const TASKS_PER_THREAD: usize = 8;
+/// [`TASKS_PER_THREAD`] for the Q4 kernel of four runs (AVX-512): its runs are short streams
+/// (a task of 60 rows of 576 columns is four runs of ~5 KB) and each task starts four anew.
+/// Two tasks a thread, alternating per pass in decode on the 135M shape: q/k/v 21–26 against
+/// 17–21 GB/s, gate/up 32–38 against 26–28, down 33–36 against 24–28; Q4 decode, six
+/// alternating pairs, 0.97–1.19× (median 1.11×), the 1.1B shape level (0.97–1.04×). (Q8's
+/// one-row kernel got slower with it: gate/up 17–29 against 30–34 GB/s.)
+pub(crate) const FEW_TASKS_PER_THREAD: usize = 2;
 /// Columns from which the decode GEMV reads four rows a call ([`runs4_fn`]). The one-row kernel
 /// reloads the f32 activation row for every weight row, and once that row no longer stays in
 /// L1 beside the weights streaming through, the weights stream slower: one row a call over
@@ -442,7 +452,7 @@ impl HalfMatrix {
     /// blocks of weight rows; each weight row is read once from memory for all activation rows.
     fn gemv(&self, x: &[f32], n: usize, y: &mut [f32]) {
         if n == 1 {
-            return for_row_ranges(y, 2 * self.cols, self.rows_dot(x));
+            return for_row_ranges(y, 2 * self.cols, TASKS_PER_THREAD, self.rows_dot(x));
         }
         let (rows, cols, kind) = (self.rows, self.cols, self.kind);
         let w = self.bits();
@@ -526,10 +536,11 @@ pub(crate) fn for_each_output(
 pub(crate) fn for_row_ranges(
     y: &mut [f32],
     row_bytes: usize,
+    tasks_per_thread: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
 ) {
     let by_bytes = TASK_BYTES / row_bytes.max(1);
-    let balanced = y.len() / (8 * rayon::current_num_threads());
+    let balanced = y.len() / (tasks_per_thread.max(1) * rayon::current_num_threads());
     let rows = by_bytes.min(balanced).max(16);
     super::team::for_ranges(y, rows, fill);
 }

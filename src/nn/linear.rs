@@ -151,7 +151,16 @@ impl HostWeight {
             .iter()
             .map(|(b, _)| b.byte_len() / b.shape()[0].max(1));
         let row_bytes = row_bytes.max().unwrap_or(0);
-        crate::nn::host::for_row_ranges(&mut y, row_bytes, |r0, out| {
+        // Few tasks a thread only where every weight's kernel wants them.
+        let tasks = bases
+            .iter()
+            .map(|(b, d)| match b {
+                HostWeight::Quant(m) if d.is_none() => m.decode_tasks_per_thread(),
+                _ => crate::nn::host::TASKS_PER_THREAD,
+            })
+            .max()
+            .unwrap_or(crate::nn::host::TASKS_PER_THREAD);
+        crate::nn::host::for_row_ranges(&mut y, row_bytes, tasks, |r0, out| {
             // The task's rows may span several segments.
             let (mut r, mut out) = (r0, out);
             while !out.is_empty() {

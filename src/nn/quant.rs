@@ -312,6 +312,16 @@ impl QuantMatrix {
         (&self.qs, &self.scales)
     }
 
+    /// Tasks a thread's share of a decode GEMV over this matrix is split into (see
+    /// [`FEW_TASKS_PER_THREAD`](crate::nn::host::FEW_TASKS_PER_THREAD)).
+    pub(crate) fn decode_tasks_per_thread(&self) -> usize {
+        if block_dot4_fn(self.kind).is_some() {
+            crate::nn::host::FEW_TASKS_PER_THREAD
+        } else {
+            crate::nn::host::TASKS_PER_THREAD
+        }
+    }
+
     /// Bytes of one row (integers and scales).
     pub(crate) fn row_bytes(&self) -> usize {
         self.cols / QBLOCK * (self.bytes_per_block() + 2)
@@ -329,7 +339,8 @@ impl QuantMatrix {
         let acts = QActs::new(self.kind, x, n, self.cols);
         if n == 1 {
             let dot = self.rows_dot_row(acts.row(0));
-            return crate::nn::host::for_row_ranges(y, self.row_bytes(), dot);
+            let tasks = self.decode_tasks_per_thread();
+            return crate::nn::host::for_row_ranges(y, self.row_bytes(), tasks, dot);
         }
         let dot = block_dot_fn(self.kind);
         let bytes = bpr * self.bytes_per_block();
