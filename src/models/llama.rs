@@ -36,6 +36,7 @@ use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
 use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
+use crate::nn::attention::DecodeScratch;
 use crate::nn::{
     Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
     RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
@@ -444,6 +445,29 @@ impl Llama {
             x.extend(self.embed_tokens.forward_host(id, &self.device));
         }
         let mut h = vec![0f32; x.len()];
+        if n == 1 {
+            // A decode step: every layer's buffers reused (see `DecodeScratch`).
+            let mut scratch = DecodeScratch::default();
+            let mut out = vec![0f32; hidden];
+            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
+            for (i, layer) in self.layers.iter().enumerate() {
+                h.copy_from_slice(&x);
+                layer.input_layernorm.forward_host(&mut h);
+                let cache = cache.layer_mut(i);
+                let attn = &layer.self_attn;
+                attn.forward_host_into(&h, start, rope, cache, &mut out, &mut scratch);
+                x.iter_mut().zip(&out).for_each(|(x, a)| *x += a);
+                h.copy_from_slice(&x);
+                layer.post_attention_layernorm.forward_host(&mut h);
+                match &layer.mlp {
+                    Ffn::Dense(m) => m.forward_host_into(&h, &mut out, &mut scratch),
+                    Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
+                }
+                x.iter_mut().zip(&out).for_each(|(x, m)| *x += m);
+            }
+            self.norm.forward_host(&mut x);
+            return Some(self.lm_head.forward_host(&x, 1));
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             h.copy_from_slice(&x);
             layer.input_layernorm.forward_host(&mut h);

@@ -9,8 +9,33 @@ use burn::tensor::{activation, FloatDType, Tensor, TensorData};
 use crate::device::Device;
 use crate::error::Result;
 use crate::loading::WeightStore;
+use crate::nn::linear::GemvScratch;
 use crate::nn::{HostKvView, LayerCache, Linear, RmsNorm, RotaryEmbedding};
 use rayon::prelude::*;
+
+/// Buffers a decode step on the host reuses layer after layer ([`Attention::forward_host_into`],
+/// [`GatedMlp::forward_host_into`](crate::nn::GatedMlp)).
+#[derive(Default)]
+pub(crate) struct DecodeScratch {
+    pub(crate) gemv: GemvScratch,
+    /// q, k and v of one token.
+    qkv: Vec<f32>,
+    /// The heads' outputs, before the output projection.
+    heads: Vec<f32>,
+    /// The attention's parts (one per thread taking part).
+    parts: Vec<AttnPart>,
+    /// Gate and up projections of one token.
+    pub(crate) gate_up: Vec<f32>,
+}
+
+/// One part of a token's attention (a range of cached positions, every head): the scores, per
+/// head the largest score and the sum of exponentials, and the weighted sum of values.
+#[derive(Default)]
+pub(crate) struct AttnPart {
+    p: Vec<f32>,
+    stats: Vec<(f32, f32)>,
+    o: Vec<f32>,
+}
 
 /// Causal masks cached per (sequence length, sliding window).
 type MaskKey = (usize, Option<usize>);
@@ -342,25 +367,51 @@ impl Attention {
         rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
         cache: &mut LayerCache,
     ) -> Vec<f32> {
+        let mut out = vec![0f32; self.o_proj.d_out()];
+        let mut scratch = DecodeScratch::default();
+        self.forward_host_into(x, pos, rope, cache, &mut out, &mut scratch);
+        out
+    }
+
+    /// [`Attention::forward_host`] into `out` (`[hidden]`), with the step's buffers in
+    /// `scratch`: nothing allocated once they have grown (a decode step runs this layer after
+    /// layer).
+    pub(crate) fn forward_host_into(
+        &self,
+        x: &[f32],
+        pos: usize,
+        rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
+        cache: &mut LayerCache,
+        out: &mut [f32],
+        scratch: &mut DecodeScratch,
+    ) {
         let AttentionConfig {
             kv_heads, window, ..
         } = self.cfg;
-        let mut qkv =
-            Linear::forward_host_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x).into_iter();
-        let (Some(mut q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
-            unreachable!("three projections requested");
-        };
+        let DecodeScratch {
+            gemv,
+            qkv,
+            heads,
+            parts,
+            ..
+        } = scratch;
+        let (qw, kw) = (self.q_proj.d_out(), self.k_proj.d_out());
+        qkv.resize(qw + kw + self.v_proj.d_out(), 0.0);
+        Linear::forward_host_many_into(&[&self.q_proj, &self.k_proj, &self.v_proj], x, qkv, gemv);
+        let (q, rest) = qkv.split_at_mut(qw);
+        let (k, v) = rest.split_at_mut(kw);
         if let Some((qn, kn)) = &self.qk_norm {
-            qn.forward_host(&mut q);
-            kn.forward_host(&mut k);
+            qn.forward_host(q);
+            kn.forward_host(k);
         }
         if let Some((rope, cos, sin)) = rope {
-            rope.apply_host(&mut q, cos, sin);
-            rope.apply_host(&mut k, cos, sin);
+            rope.apply_host(q, cos, sin);
+            rope.apply_host(k, cos, sin);
         }
-        let kv = cache.append_host(&k, &v, kv_heads, window);
-        let out = self.attend_host(&q, &kv, pos, true);
-        self.o_proj.forward_host(&out, 1)
+        let kv = cache.append_host(k, v, kv_heads, window);
+        heads.resize(qw, 0.0);
+        self.attend_host_into(q, &kv, pos, true, heads, parts);
+        Linear::forward_host_many_into(&[&self.o_proj], heads, out, gemv);
     }
 
     /// [`Attention::forward_host`] for `n` consecutive tokens of one sequence from position
@@ -414,7 +465,15 @@ impl Attention {
         // Short rows of work (one token's attention over a few hundred positions): rayon's
         // tasks, a few tokens each.
         out.par_chunks_mut(qw).enumerate().for_each(|(i, o)| {
-            o.copy_from_slice(&self.attend_host(&q[i * qw..(i + 1) * qw], &kv, start + i, false));
+            let mut parts = Vec::new();
+            self.attend_host_into(
+                &q[i * qw..(i + 1) * qw],
+                &kv,
+                start + i,
+                false,
+                o,
+                &mut parts,
+            );
         });
         Some(self.o_proj.forward_host(&out, n))
     }
@@ -423,7 +482,15 @@ impl Attention {
     /// rotated) over the positions of `kv` it sees (the window's, itself included, or all up
     /// to `pos`), `[heads · head_dim]` out. With `split`, a cache of more than a few dozen
     /// kilobytes is split between threads by positions.
-    fn attend_host(&self, q: &[f32], kv: &HostKvView<'_>, pos: usize, split: bool) -> Vec<f32> {
+    fn attend_host_into(
+        &self,
+        q: &[f32],
+        kv: &HostKvView<'_>,
+        pos: usize,
+        split: bool,
+        out: &mut [f32],
+        scratch: &mut Vec<AttnPart>,
+    ) {
         let AttentionConfig {
             heads,
             kv_heads,
@@ -443,12 +510,13 @@ impl Attention {
         let (scale, softcap) = (self.cfg.scale as f32, self.cfg.softcap.map(|c| c as f32));
         // Rows `t0..t1` of the cache for every head: each head's largest score, the sum of
         // its exponentials, and its weighted sum of values not yet divided by that sum.
-        let part = |t0: usize, t1: usize| {
+        let part = |t0: usize, t1: usize, slot: &mut AttnPart| {
             let n = t1 - t0;
-            let mut p = vec![0f32; heads * n];
+            let AttnPart { p, stats, o } = slot;
+            p.resize(heads * n, 0.0);
             let (k, v) = (&keys[t0 * head_dim..], &values[t0 * head_dim..]);
-            crate::nn::host::head_scores(q, head_dim, group, k, head_stride, &mut p);
-            let mut stats = Vec::with_capacity(heads);
+            crate::nn::host::head_scores(q, head_dim, group, k, head_stride, p);
+            stats.clear();
             for ph in p.chunks_exact_mut(n) {
                 if scale != 1.0 || softcap.is_some() {
                     for s in ph.iter_mut() {
@@ -462,9 +530,8 @@ impl Attention {
                 let sum = crate::nn::host::exp_shifted(ph, max);
                 stats.push((max, sum));
             }
-            let mut o = vec![0f32; heads * head_dim];
-            crate::nn::host::head_weighted(&p, head_dim, group, v, head_stride, &mut o);
-            (stats, o)
+            o.resize(heads * head_dim, 0.0);
+            crate::nn::host::head_weighted(p, head_dim, group, v, head_stride, o);
         };
         // A cache of more than a few dozen kilobytes is split between threads by positions,
         // each streaming its own rows (one core alone reads a cache that the weights' streaming
@@ -480,35 +547,42 @@ impl Attention {
         } else {
             1
         };
-        if parts == 1 {
-            let (stats, mut o) = part(0, total);
-            for ((_, sum), o) in stats.iter().zip(o.chunks_exact_mut(head_dim)) {
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
-            }
-            return o;
+        if scratch.len() < parts {
+            scratch.resize_with(parts, AttnPart::default);
         }
-        let mut slots: Vec<Option<_>> = (0..parts).map(|_| None).collect();
-        crate::nn::team::for_ranges(&mut slots, 1, |i, slot| {
-            slot[0] = Some(part(i * total / parts, (i + 1) * total / parts));
-        });
-        let parts: Vec<_> = slots.into_iter().flatten().collect();
-        let mut out = vec![0f32; heads * head_dim];
-        for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
-            let max = parts
+        if parts == 1 {
+            let slot = &mut scratch[0];
+            part(0, total, slot);
+            for (((_, sum), o), po) in slot
+                .stats
                 .iter()
-                .map(|(st, _)| st[h].0)
+                .zip(out.chunks_exact_mut(head_dim))
+                .zip(slot.o.chunks_exact(head_dim))
+            {
+                let inv = 1.0 / sum;
+                o.iter_mut().zip(po).for_each(|(v, p)| *v = p * inv);
+            }
+            return;
+        }
+        let slots = &mut scratch[..parts];
+        crate::nn::team::for_ranges(slots, 1, |i, slot| {
+            part(i * total / parts, (i + 1) * total / parts, &mut slot[0]);
+        });
+        for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
+            let max = slots
+                .iter()
+                .map(|s| s.stats[h].0)
                 .fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for (st, po) in &parts {
-                let w = (st[h].0 - max).exp();
-                sum += st[h].1 * w;
-                crate::nn::host::axpy(o, w, &po[h * head_dim..(h + 1) * head_dim]);
+            o.fill(0.0);
+            for s in slots.iter() {
+                let w = (s.stats[h].0 - max).exp();
+                sum += s.stats[h].1 * w;
+                crate::nn::host::axpy(o, w, &s.o[h * head_dim..(h + 1) * head_dim]);
             }
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|v| *v *= inv);
         }
-        out
     }
 
     /// Whether every projection keeps its weight on the host (see [`Linear::host`]).

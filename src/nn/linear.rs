@@ -62,6 +62,21 @@ pub(crate) fn active_adapter_slot() -> Option<usize> {
     ACTIVE_SLOT.with(|a| a.get())
 }
 
+/// Buffers a decode step's GEMVs reuse from pass to pass (see
+/// [`HostWeight::gemv_many_into`]).
+pub(crate) struct GemvScratch {
+    /// The activation row quantized for Q8 and for Q4 weights.
+    acts: [QActs; 2],
+}
+
+impl Default for GemvScratch {
+    fn default() -> Self {
+        Self {
+            acts: [QActs::empty(), QActs::empty()],
+        }
+    }
+}
+
 /// A weight kept on the host and multiplied by kiln's CPU kernels.
 #[derive(Debug)]
 pub enum HostWeight {
@@ -186,6 +201,88 @@ impl HostWeight {
             out.push(v);
         }
         out
+    }
+
+    /// [`HostWeight::gemv_many`] into `y` (the outputs one after another, `Σ rows` values),
+    /// with the quantized activation rows kept in `scratch`: a decode step's passes allocate
+    /// nothing. (Allocation metadata and fresh buffers are cold after a pass that streamed
+    /// megabytes of weights through the caches: the allocating version spent microseconds a
+    /// pass around each parallel pass of a few tens.) Adapted weights go through
+    /// [`HostWeight::gemv_many`].
+    pub(crate) fn gemv_many_into(
+        weights: &[&HostWeight],
+        x: &[f32],
+        y: &mut [f32],
+        scratch: &mut GemvScratch,
+    ) {
+        const MAX: usize = 8;
+        let total: usize = weights.iter().map(|w| w.shape()[0]).sum();
+        assert_eq!(y.len(), total, "gemv_many_into: output length");
+        if weights.len() > MAX || weights.iter().any(|w| matches!(w, HostWeight::Adapted(..))) {
+            let mut at = 0;
+            for v in Self::gemv_many(weights, x) {
+                y[at..at + v.len()].copy_from_slice(&v);
+                at += v.len();
+            }
+            return;
+        }
+        // The activation row quantized once per quantization kind among the weights.
+        let mut kinds: [Option<Quantization>; 2] = [None; 2];
+        for w in weights {
+            if let HostWeight::Quant(m) = w {
+                let slot = match m.kind() {
+                    Quantization::Q8 => 0,
+                    Quantization::Q4 => 1,
+                };
+                if kinds[slot].is_none() {
+                    scratch.acts[slot].fill(m.kind(), x, 1, x.len());
+                    kinds[slot] = Some(m.kind());
+                }
+            }
+        }
+        let acts = &scratch.acts;
+        let mut ends = [0usize; MAX];
+        let mut at = 0;
+        for (e, w) in ends.iter_mut().zip(weights) {
+            at += w.shape()[0];
+            *e = at;
+        }
+        let ends = &ends[..weights.len()];
+        let row_bytes = weights
+            .iter()
+            .map(|w| w.byte_len() / w.shape()[0].max(1))
+            .max()
+            .unwrap_or(0);
+        let tasks = weights
+            .iter()
+            .map(|w| match w {
+                HostWeight::Quant(m) => m.decode_tasks_per_thread(),
+                _ => crate::nn::host::TASKS_PER_THREAD,
+            })
+            .max()
+            .unwrap_or(crate::nn::host::TASKS_PER_THREAD);
+        crate::nn::host::for_row_ranges(y, row_bytes, tasks, |r0, out| {
+            // The task's rows may span several weights.
+            let (mut r, mut out) = (r0, out);
+            while !out.is_empty() {
+                let i = ends.partition_point(|&e| e <= r);
+                let first = if i == 0 { 0 } else { ends[i - 1] };
+                let (part, rest) = out.split_at_mut((ends[i] - r).min(out.len()));
+                match weights[i] {
+                    HostWeight::Half(m) => m.rows_dot(x)(r - first, part),
+                    HostWeight::Quant(m) => {
+                        let a = match m.kind() {
+                            Quantization::Q8 => &acts[0],
+                            Quantization::Q4 => &acts[1],
+                        };
+                        m.rows_dot(a)(r - first, part)
+                    }
+                    HostWeight::Adapted(..) => unreachable!("handled above"),
+                }
+                r += part.len();
+                out = rest;
+            }
+        });
     }
 
     /// Bytes of weight data.
@@ -483,6 +580,48 @@ impl Linear {
         out
     }
 
+    /// [`Linear::forward_host_many`] into `out` (the layers' outputs one after another),
+    /// allocating nothing when every layer keeps a host weight (see
+    /// [`HostWeight::gemv_many_into`]).
+    pub(crate) fn forward_host_many_into(
+        layers: &[&Linear],
+        x: &[f32],
+        out: &mut [f32],
+        scratch: &mut GemvScratch,
+    ) {
+        const MAX: usize = 8;
+        let mut hosts: [Option<&HostWeight>; MAX] = [None; MAX];
+        let all_host = layers.len() <= MAX
+            && layers.iter().zip(hosts.iter_mut()).all(|(l, h)| {
+                *h = l.host();
+                h.is_some()
+            });
+        if !all_host {
+            let mut at = 0;
+            for y in Self::forward_host_many(layers, x) {
+                out[at..at + y.len()].copy_from_slice(&y);
+                at += y.len();
+            }
+            return;
+        }
+        let mut weights: [&HostWeight; MAX] = [hosts[0].expect("one layer at least"); MAX];
+        for (w, h) in weights.iter_mut().zip(&hosts[..layers.len()]) {
+            *w = h.expect("checked above");
+        }
+        HostWeight::gemv_many_into(&weights[..layers.len()], x, out, scratch);
+        let mut at = 0;
+        for l in layers {
+            let y = &mut out[at..at + l.d_out()];
+            at += y.len();
+            if let Some(b) = &l.host_bias {
+                y.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            if let Some(u) = l.active_slot() {
+                u.delta.add_product(x, 1, y);
+            }
+        }
+    }
+
     /// `y = x Wᵀ + b` on the host for `n` rows of `x` (`[n, in]` → `[n, out]`): kiln's CPU
     /// kernels over a host weight, no tensor involved. A layer without one (f32 weights on the
     /// device) runs its tensor path and reads the result back.
@@ -676,6 +815,63 @@ mod tests {
             .unwrap();
         let b = split.forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(a, b);
+    }
+
+    /// The decode step's allocation-free GEMV gives the allocating one's bits, for every mix
+    /// of weight kinds, with one scratch reused across widths and kinds (stale buffers of a
+    /// wider or other-kind row would show).
+    #[test]
+    fn gemv_many_into_matches_gemv_many() {
+        use crate::nn::HalfKind;
+        let weight = |rows: usize, cols: usize, seed: f32| -> Vec<f32> {
+            (0..rows * cols)
+                .map(|i| ((i as f32 + seed) * 0.731).sin() * 0.5)
+                .collect()
+        };
+        let half = |kind, rows, cols, seed| {
+            let w = weight(rows, cols, seed);
+            let bits = w
+                .iter()
+                .map(|&v| match kind {
+                    HalfKind::F16 => half::f16::from_f32(v).to_bits(),
+                    HalfKind::Bf16 => half::bf16::from_f32(v).to_bits(),
+                })
+                .collect();
+            HostWeight::Half(HalfMatrix::from_bits(kind, rows, cols, bits))
+        };
+        let quant = |kind, rows, cols, seed| {
+            let w = weight(rows, cols, seed);
+            HostWeight::Quant(QuantMatrix::quantize_rows(kind, rows, cols, |r, dst| {
+                dst.copy_from_slice(&w[r * cols..(r + 1) * cols])
+            }))
+        };
+        let mut scratch = GemvScratch::default();
+        for cols in [576usize, 64, 1536, 96] {
+            let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.19).cos()).collect();
+            let sets = [
+                vec![
+                    quant(Quantization::Q8, 300, cols, 1.0),
+                    quant(Quantization::Q8, 70, cols, 2.0),
+                ],
+                vec![
+                    quant(Quantization::Q4, 130, cols, 3.0),
+                    quant(Quantization::Q8, 33, cols, 4.0),
+                    half(HalfKind::Bf16, 50, cols, 5.0),
+                ],
+                vec![half(HalfKind::F16, 257, cols, 6.0)],
+            ];
+            for set in &sets {
+                let refs: Vec<&HostWeight> = set.iter().collect();
+                let want: Vec<f32> = HostWeight::gemv_many(&refs, &x).concat();
+                let mut got = vec![f32::NAN; want.len()];
+                HostWeight::gemv_many_into(&refs, &x, &mut got, &mut scratch);
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{cols} columns, {} weights", refs.len());
+            }
+        }
     }
 
     #[test]

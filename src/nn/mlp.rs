@@ -102,13 +102,33 @@ impl GatedMlp {
 
     /// [`GatedMlp::forward`] for one row on the host (`[hidden]` → `[hidden]`).
     pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
-        let mut both = Linear::forward_host_many(&[&self.gate_proj, &self.up_proj], x).into_iter();
-        let (Some(mut gate), Some(up)) = (both.next(), both.next()) else {
-            unreachable!("two projections requested");
-        };
-        self.act.forward_host(&mut gate);
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g *= u);
-        self.down_proj.forward_host(&gate, 1)
+        let mut out = vec![0f32; self.down_proj.d_out()];
+        let mut scratch = crate::nn::attention::DecodeScratch::default();
+        self.forward_host_into(x, &mut out, &mut scratch);
+        out
+    }
+
+    /// [`GatedMlp::forward_host`] into `out`, with the step's buffers in `scratch` (see
+    /// [`Attention::forward_host_into`](crate::nn::Attention)).
+    pub(crate) fn forward_host_into(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        scratch: &mut crate::nn::attention::DecodeScratch,
+    ) {
+        let inter = self.gate_proj.d_out();
+        let both = &mut scratch.gate_up;
+        both.resize(inter + self.up_proj.d_out(), 0.0);
+        Linear::forward_host_many_into(
+            &[&self.gate_proj, &self.up_proj],
+            x,
+            both,
+            &mut scratch.gemv,
+        );
+        let (gate, up) = both.split_at_mut(inter);
+        self.act.forward_host(gate);
+        gate.iter_mut().zip(up.iter()).for_each(|(g, u)| *g *= u);
+        Linear::forward_host_many_into(&[&self.down_proj], gate, out, &mut scratch.gemv);
     }
 
     /// [`GatedMlp::forward_host`] for `n` rows of `x` (`[n, hidden]` → `[n, hidden]`): the

@@ -383,21 +383,39 @@ pub(crate) struct QActs {
     c: Vec<i32>,
     cols: usize,
     c_len: usize,
+    /// Sums of each group of 4 values in order (8 per block), while filling.
+    groups: Vec<i32>,
 }
 
 impl QActs {
     fn new(kind: Quantization, x: &[f32], n: usize, cols: usize) -> Self {
+        let mut acts = Self {
+            kind,
+            q: Vec::new(),
+            d: Vec::new(),
+            c: Vec::new(),
+            cols,
+            c_len: 0,
+            groups: Vec::new(),
+        };
+        acts.fill(kind, x, n, cols);
+        acts
+    }
+
+    /// Quantizes `n` rows of `x` (`cols` values each) for weights of `kind` into these
+    /// buffers, reusing their memory (a decode step refills the same ones pass after pass).
+    pub(crate) fn fill(&mut self, kind: Quantization, x: &[f32], n: usize, cols: usize) {
         let bpr = cols / QBLOCK;
         let (offset, c_len) = match kind {
             Quantization::Q8 => (128, bpr * 8),
             Quantization::Q4 => (8, q4_units(bpr).map(|(_, u)| 4 * u.max(2)).sum()),
         };
-        let mut q = vec![0i8; n * cols];
-        let mut d = vec![0f32; n * bpr];
-        let mut c = vec![0i32; n * c_len];
+        let (q, d, c, groups) = (&mut self.q, &mut self.d, &mut self.c, &mut self.groups);
+        q.resize(n * cols, 0);
+        d.resize(n * bpr, 0.0);
+        c.resize(n * c_len, 0);
+        groups.resize(cols / 4, 0);
         let mut unit = [0i8; 4 * QBLOCK];
-        // Sums of each group of 4 values in order (8 per block).
-        let mut groups = vec![0i32; cols / 4];
         for j in 0..n {
             let qr = &mut q[j * cols..(j + 1) * cols];
             for (((qb, db), src), g) in qr
@@ -411,7 +429,7 @@ impl QActs {
             let cr = &mut c[j * c_len..(j + 1) * c_len];
             match kind {
                 Quantization::Q8 => {
-                    for (o, g) in cr.iter_mut().zip(&groups) {
+                    for (o, g) in cr.iter_mut().zip(groups.iter()) {
                         *o = -offset * g;
                     }
                 }
@@ -445,14 +463,12 @@ impl QActs {
                 }
             }
         }
-        Self {
-            kind,
-            q,
-            d,
-            c,
-            cols,
-            c_len,
-        }
+        (self.kind, self.cols, self.c_len) = (kind, cols, c_len);
+    }
+
+    /// Empty buffers for [`QActs::fill`].
+    pub(crate) fn empty() -> Self {
+        Self::new(Quantization::Q8, &[], 0, 0)
     }
 
     /// The weights' quantization these activations are laid out for.
