@@ -52,6 +52,6 @@ pub use generation::{
 };
 pub use loading::LoraAdapter;
 pub use model::{LoadOptions, Model, Trace, TraceOptions, WeightMemory};
-pub use nn::{Bf16Activations, Quantization};
+pub use nn::{Bf16Activations, KvPrecision, Quantization};
 pub use session::Session;
 pub use tokenizer::{IncrementalDecoder, Tokenizer};

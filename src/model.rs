@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::generation::{token_text, GenerationConfig, RowLogprobs, ScoredToken};
 use crate::loading::{GenerationDefaults, LoraAdapter, WeightStore};
 use crate::models::{self, CausalLm, Input, LogitsFor, Taps};
-use crate::nn::{Bf16Activations, KvCache, Quantization};
+use crate::nn::{Bf16Activations, KvCache, KvPrecision, Quantization};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -59,6 +59,9 @@ pub struct LoadOptions {
     pub bf16_activations: Bf16Activations,
     /// Where half-precision weights kept as stored on CPU devices live ([`WeightMemory`]).
     pub weight_memory: WeightMemory,
+    /// How KV caches keep keys and values on kiln's CPU path ([`KvPrecision`]); `None`: f16
+    /// for quantized models, f32 otherwise.
+    pub kv_precision: Option<KvPrecision>,
 }
 
 /// Where the half-precision weights that CPU devices keep as stored (f16/bf16 projections
@@ -100,6 +103,16 @@ impl LoadOptions {
     /// output head at 8 bits).
     pub fn quantize(mut self, q: Quantization) -> Self {
         self.quantize = Some(q);
+        self
+    }
+
+    /// How KV caches keep keys and values on kiln's CPU path (decoding Llama-family models
+    /// with half-precision or quantized weights): [`KvPrecision::F16`] halves the cache's
+    /// memory and the bytes each decoded token streams through; [`KvPrecision::F32`] keeps
+    /// decoding bit-exact with a full recomputation. Default: f16 for quantized models, f32
+    /// otherwise.
+    pub fn kv_precision(mut self, p: KvPrecision) -> Self {
+        self.kv_precision = Some(p);
         self
     }
 
@@ -182,6 +195,7 @@ impl Model {
         }
         let mut store = WeightStore::open(dir)?;
         store.set_quantization(options.quantize);
+        store.set_kv_precision(options.kv_precision);
         store.set_bf16_activations(options.bf16_activations);
         store.set_weight_memory(options.weight_memory);
         store.set_adapter(options.adapter.clone());

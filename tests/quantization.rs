@@ -5,7 +5,7 @@
 mod common;
 
 use common::fixtures;
-use kiln::{Device, LoadOptions, Model, Quantization};
+use kiln::{Device, KvPrecision, LoadOptions, Model, Quantization};
 
 fn mean(v: &[f32]) -> f64 {
     v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64
@@ -108,4 +108,62 @@ fn quantization_needs_a_cpu_device() {
         .unwrap_err()
         .to_string()
         .contains("q8 or q4"));
+}
+
+/// An f16 KV cache (the default of quantized models, asked for here on unquantized
+/// half-precision fixtures, where the CPU path keeps a host cache): the logits stay near
+/// transformers', the greedy continuation is transformers', decoding through the cache gives
+/// what a full recomputation gives (both read the same rounded values), and the rounding is
+/// really in use (the logits move from the f32 cache's).
+#[test]
+fn f16_kv_cache_stays_close_and_decodes_as_a_full_pass() {
+    let device = Device::cpu();
+    let mut checked = 0;
+    let mut moved = 0f32;
+    for (name, dir, exp) in fixtures() {
+        if !matches!(exp.stored_dtype.as_str(), "bfloat16" | "float16") {
+            continue;
+        }
+        let load = |p| {
+            Model::load_with(&dir, &device, LoadOptions::default().kv_precision(p))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let (f16, f32) = (load(KvPrecision::F16), load(KvPrecision::F32));
+        let ids: Vec<u32> = exp
+            .prompt_ids
+            .iter()
+            .chain(&exp.greedy_ids)
+            .copied()
+            .collect();
+        let full = f16.forward_logits(&ids).unwrap();
+        let exact = f32.forward_logits(&ids).unwrap();
+        let last = full[exp.prompt_ids.len() - 1].as_slice();
+        let diff = common::max_abs_diff(last, &exp.last_logits);
+        eprintln!("{name}: f16 KV cache, last logits within {diff:.2e} of transformers'");
+        assert!(diff < 5e-3, "{name}: logits differ by {diff}");
+        moved = moved.max(common::max_abs_diff(
+            full.last().unwrap(),
+            exact.last().unwrap(),
+        ));
+        let mut session = f16.session();
+        let cfg = kiln::GenerationConfig::default()
+            .max_new_tokens(exp.greedy_ids.len())
+            .ignore_eos(true);
+        let greedy = common::gen_ids(&mut session, &exp.prompt_ids, &cfg);
+        assert_eq!(greedy, exp.greedy_ids, "{name}: greedy ids");
+        let mut session = f16.session();
+        let n = ids.len();
+        for w in [0, 7, 20, 21, n - 1, n].windows(2) {
+            let logits = session.append(&ids[w[0]..w[1]]).unwrap();
+            let d = common::max_abs_diff(&logits, &full[w[1] - 1]);
+            assert!(d < 1e-4, "{name}: chunk {}..{} differs by {d}", w[0], w[1]);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} half-precision fixtures");
+    assert!(moved > 0.0, "the f16 cache changed nothing");
+    assert!(KvPrecision::from_name("f8")
+        .unwrap_err()
+        .to_string()
+        .contains("f32 or f16"));
 }

@@ -31,6 +31,10 @@ pub struct CommonArgs {
     /// load, on huge pages where the OS offers them: faster decode, slower load).
     #[arg(long, value_name = "WHERE")]
     pub weights: Option<String>,
+    /// How the KV cache keeps keys and values on CPU devices: f32 or f16 (default: f16 for
+    /// quantized models, f32 otherwise).
+    #[arg(long, value_name = "PRECISION")]
+    pub kv: Option<String>,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) merged
     /// into the model at load.
     #[arg(long, value_name = "DIR")]
@@ -213,6 +217,14 @@ impl CommonArgs {
                 kiln::Error::InvalidArgument {
                     name: "--bf16-activations".into(),
                     message: format!("unknown mode {m:?}; expected split or rounded"),
+                }
+            })?);
+        }
+        if let Some(p) = &self.kv {
+            o = o.kv_precision(kiln::KvPrecision::from_name(p).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--kv".into(),
+                    message: format!("unknown KV cache precision {p:?}; expected f32 or f16"),
                 }
             })?);
         }

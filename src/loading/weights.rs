@@ -41,6 +41,7 @@ pub struct WeightStore {
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
     quantize: Option<Quantization>,
+    kv_precision: Option<crate::nn::KvPrecision>,
     bf16_activations: Bf16Activations,
     adapter: Option<Arc<LoraAdapter>>,
     /// Adapted weights read so far.
@@ -116,6 +117,7 @@ impl WeightStore {
             entries: HashMap::new(),
             taken: HashSet::new(),
             quantize: None,
+            kv_precision: None,
             bf16_activations: Bf16Activations::default(),
             adapter: None,
             adapted: HashSet::new(),
@@ -351,6 +353,22 @@ impl WeightStore {
     /// The quantization asked for, if any.
     pub fn quantization(&self) -> Option<Quantization> {
         self.quantize
+    }
+
+    /// How the model's KV cache keeps its host form (`None`: the model's default).
+    pub fn set_kv_precision(&mut self, p: Option<crate::nn::KvPrecision>) {
+        self.kv_precision = p;
+    }
+
+    /// How the KV cache keeps its host form on kiln's CPU path: as asked, else f16 for
+    /// quantized models (their activations are already rounded to 8 bits on the way into each
+    /// projection; llama.cpp keeps every cache in f16) and f32 otherwise (decoding through the
+    /// cache then gives a full recomputation's bits).
+    pub fn kv_precision(&self) -> crate::nn::KvPrecision {
+        self.kv_precision.unwrap_or(match self.quantize {
+            Some(_) => crate::nn::KvPrecision::F16,
+            None => crate::nn::KvPrecision::F32,
+        })
     }
 
     /// The storage dtype of a tensor, if present.

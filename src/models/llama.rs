@@ -38,8 +38,8 @@ use crate::models::config as cfg;
 use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::attention::DecodeScratch;
 use crate::nn::{
-    Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
-    RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
+    Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache,
+    KvPrecision, Linear, RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
 };
 
 /// `config.json` as written by transformers (field names kept).
@@ -301,6 +301,8 @@ pub struct Llama {
     host_decode: bool,
     /// So do prefills of one sequence (see [`Device::prefills_on_host`]).
     host_prefill: bool,
+    /// How its caches keep keys and values on the host path.
+    kv_precision: KvPrecision,
 }
 
 impl Llama {
@@ -415,6 +417,7 @@ impl Llama {
             device: device.clone(),
             host_prefill: host_decode && device.prefills_on_host(),
             host_decode,
+            kv_precision: store.kv_precision(),
         })
     }
 
@@ -614,5 +617,13 @@ impl CausalLm for Llama {
 
     fn info(&self) -> &LmInfo {
         &self.info
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::with_precision(
+            self.info.num_layers,
+            self.info.max_context,
+            self.kv_precision,
+        )
     }
 }

@@ -503,8 +503,8 @@ impl Attention {
         let width = kv_heads * head_dim;
         // Each key/value head's positions are a run of memory, `head_stride` values apart.
         let (skip, head_stride) = ((lo - kv.first) * head_dim, kv.head_stride);
-        let keys = &kv.k[skip..];
-        let values = &kv.v[skip..];
+        let keys = kv.k.skip(skip);
+        let values = kv.v.skip(skip);
         let total = pos + 1 - lo;
         let group = heads / kv_heads;
         let (scale, softcap) = (self.cfg.scale as f32, self.cfg.softcap.map(|c| c as f32));
@@ -514,7 +514,7 @@ impl Attention {
             let n = t1 - t0;
             let AttnPart { p, stats, o } = slot;
             p.resize(heads * n, 0.0);
-            let (k, v) = (&keys[t0 * head_dim..], &values[t0 * head_dim..]);
+            let (k, v) = (keys.skip(t0 * head_dim), values.skip(t0 * head_dim));
             crate::nn::host::head_scores(q, head_dim, group, k, head_stride, p);
             stats.clear();
             for ph in p.chunks_exact_mut(n) {

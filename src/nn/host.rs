@@ -630,46 +630,125 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
+/// Cached keys or values as the attention kernels read them: f32 values, or f16 bits (a cache
+/// kept at half the bytes, see [`KvPrecision`](crate::nn::KvPrecision)).
+#[derive(Debug, Clone, Copy)]
+pub enum KvSlice<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// f16 values, as bits.
+    F16(&'a [u16]),
+}
+
+impl<'a> KvSlice<'a> {
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvSlice::F32(v) => v.len(),
+            KvSlice::F16(v) => v.len(),
+        }
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values from `n` on.
+    pub fn skip(self, n: usize) -> KvSlice<'a> {
+        match self {
+            KvSlice::F32(v) => KvSlice::F32(&v[n..]),
+            KvSlice::F16(v) => KvSlice::F16(&v[n..]),
+        }
+    }
+
+    /// Value `i` as f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            KvSlice::F32(v) => v[i],
+            KvSlice::F16(v) => half::f16::from_bits(v[i]).to_f32(),
+        }
+    }
+}
+
 /// Attention scores of one token's query heads over cached keys laid out head after head
 /// (each key/value head's positions one run of memory, `head_stride` values from one head's run
 /// to the next): `scores[h·n + t] = q[h·d..][..d] · rows[(h / group)·head_stride + t·d..][..d]`,
 /// for the `heads = q.len() / d` heads and `n = scores.len() / heads` positions. Each run is
-/// streamed front to back once, for all the query heads of its group.
+/// streamed front to back once, for all the query heads of its group. f16 keys are widened as
+/// they are read (exactly: every f16 value is an f32 value).
 pub(crate) fn head_scores(
     q: &[f32],
     d: usize,
     group: usize,
-    rows: &[f32],
+    rows: KvSlice<'_>,
     head_stride: usize,
     scores: &mut [f32],
 ) {
     let heads = q.len() / d.max(1);
     let n = scores.len() / heads.max(1);
-    check_head_rows(heads, d, group, n, rows, head_stride, "head_scores");
+    check_head_rows(heads, d, group, n, rows.len(), head_stride, "head_scores");
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected; the layout was checked.
-        return unsafe { x86::head_scores_512(q, d, group, rows, head_stride, scores) };
+        unsafe {
+            match rows {
+                KvSlice::F32(r) => x86::head_scores_512::<false>(
+                    q,
+                    d,
+                    group,
+                    r.as_ptr().cast(),
+                    head_stride,
+                    scores,
+                ),
+                KvSlice::F16(r) => x86::head_scores_512::<true>(
+                    q,
+                    d,
+                    group,
+                    r.as_ptr().cast(),
+                    head_stride,
+                    scores,
+                ),
+            }
+        }
+        return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the features were just detected; the layout was checked.
-        return unsafe { x86::head_scores_impl(q, d, group, rows, head_stride, scores) };
+        match rows {
+            // SAFETY: the features were just detected; the layout was checked.
+            KvSlice::F32(r) => {
+                return unsafe { x86::head_scores_impl(q, d, group, r, head_stride, scores) }
+            }
+            KvSlice::F16(r) if std::arch::is_x86_feature_detected!("f16c") => {
+                // SAFETY: as above, and F16C.
+                return unsafe { x86::head_scores_f16_impl(q, d, group, r, head_stride, scores) };
+            }
+            KvSlice::F16(_) => {}
+        }
     }
-    head_scores_with(q, d, group, rows, head_stride, scores, dot_f32_portable);
+    match rows {
+        KvSlice::F32(r) => head_scores_with(q, d, group, r, head_stride, scores, dot_f32_portable),
+        KvSlice::F16(r) => head_scores_with(q, d, group, r, head_stride, scores, |a, b: &[u16]| {
+            a.iter()
+                .zip(b)
+                .map(|(a, &b)| a * half::f16::from_bits(b).to_f32())
+                .sum()
+        }),
+    }
 }
 
 /// [`head_scores`]' loop over the dot product `dot` (inlined into each kernel, so that it is
 /// compiled with that kernel's target features).
 #[inline(always)]
-fn head_scores_with(
+fn head_scores_with<T>(
     q: &[f32],
     d: usize,
     group: usize,
-    rows: &[f32],
+    rows: &[T],
     head_stride: usize,
     scores: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
+    dot: impl Fn(&[f32], &[T]) -> f32,
 ) {
     let heads = q.len() / d;
     let n = scores.len() / heads;
@@ -691,40 +770,73 @@ pub(crate) fn head_weighted(
     p: &[f32],
     d: usize,
     group: usize,
-    rows: &[f32],
+    rows: KvSlice<'_>,
     head_stride: usize,
     out: &mut [f32],
 ) {
     let heads = out.len() / d.max(1);
     let n = p.len() / heads.max(1);
-    check_head_rows(heads, d, group, n, rows, head_stride, "head_weighted");
+    check_head_rows(heads, d, group, n, rows.len(), head_stride, "head_weighted");
     #[cfg(target_arch = "x86_64")]
     if d.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was just detected; the layout was checked.
-        if unsafe { x86::head_weighted_512(p, d, group, rows, head_stride, out) } {
+        let done = unsafe {
+            match rows {
+                KvSlice::F32(r) => x86::head_weighted_512::<false>(
+                    p,
+                    d,
+                    group,
+                    r.as_ptr().cast(),
+                    head_stride,
+                    out,
+                ),
+                KvSlice::F16(r) => {
+                    x86::head_weighted_512::<true>(p, d, group, r.as_ptr().cast(), head_stride, out)
+                }
+            }
+        };
+        if done {
             return;
         }
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the features were just detected; the layout was checked.
-        return unsafe { x86::head_weighted_impl(p, d, group, rows, head_stride, out) };
+        match rows {
+            // SAFETY: the features were just detected; the layout was checked.
+            KvSlice::F32(r) => {
+                return unsafe { x86::head_weighted_impl(p, d, group, r, head_stride, out) }
+            }
+            KvSlice::F16(r) if std::arch::is_x86_feature_detected!("f16c") => {
+                // SAFETY: as above, and F16C.
+                return unsafe { x86::head_weighted_f16_impl(p, d, group, r, head_stride, out) };
+            }
+            KvSlice::F16(_) => {}
+        }
     }
-    head_weighted_with(p, d, group, rows, head_stride, out, |y, a, x| {
-        y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x)
-    });
+    match rows {
+        KvSlice::F32(r) => head_weighted_with(p, d, group, r, head_stride, out, |y, a, x| {
+            y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x)
+        }),
+        KvSlice::F16(r) => {
+            head_weighted_with(p, d, group, r, head_stride, out, |y, a, x: &[u16]| {
+                y.iter_mut()
+                    .zip(x)
+                    .for_each(|(y, &x)| *y += a * half::f16::from_bits(x).to_f32())
+            })
+        }
+    }
 }
 
 /// [`head_weighted`]'s loop over `axpy` (`y += a·x`), inlined as [`head_scores_with`] is.
 #[inline(always)]
-fn head_weighted_with(
+fn head_weighted_with<T>(
     p: &[f32],
     d: usize,
     group: usize,
-    rows: &[f32],
+    rows: &[T],
     head_stride: usize,
     out: &mut [f32],
-    axpy: impl Fn(&mut [f32], f32, &[f32]),
+    axpy: impl Fn(&mut [f32], f32, &[T]),
 ) {
     let heads = out.len() / d;
     let n = p.len() / heads;
@@ -741,13 +853,13 @@ fn head_weighted_with(
 }
 
 /// The layout [`head_scores`] and [`head_weighted`] read: `n` positions of `d` values for each
-/// key/value head, the heads `head_stride` values apart.
+/// key/value head, the heads `head_stride` values apart, in `rows` values.
 fn check_head_rows(
     heads: usize,
     d: usize,
     group: usize,
     n: usize,
-    rows: &[f32],
+    rows: usize,
     head_stride: usize,
     what: &str,
 ) {
@@ -759,7 +871,7 @@ fn check_head_rows(
             "{what}: heads overlap"
         );
         assert!(
-            rows.len() >= (kv_heads - 1) * head_stride + n * d,
+            rows >= (kv_heads - 1) * head_stride + n * d,
             "{what}: rows too short"
         );
     }
@@ -1093,54 +1205,146 @@ mod x86 {
         });
     }
 
+    /// `a · b` for f16 `b` (bits), eight values a step through F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f32_f16_impl(a: &[f32], b: &[u16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let wide = |i: usize| _mm256_cvtph_ps(_mm_loadu_si128(bp.add(i) as *const __m128i));
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), wide(i), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i + 8)), wide(i + 8), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), wide(i), s0);
+            i += 8;
+        }
+        let mut sum = hsum(_mm256_add_ps(s0, s1));
+        while i < n {
+            sum += a[i] * half::f16::from_bits(b[i]).to_f32();
+            i += 1;
+        }
+        sum
+    }
+
+    /// `y += a·x` for f16 `x` (bits), eight values a step through F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn axpy_f16_impl(y: &mut [f32], a: f32, x: &[u16]) {
+        let n = y.len().min(x.len());
+        let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i) as *const __m128i));
+            _mm256_storeu_ps(
+                yp.add(i),
+                _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(yp.add(i))),
+            );
+            i += 8;
+        }
+        while i < n {
+            y[i] += a * half::f16::from_bits(x[i]).to_f32();
+            i += 1;
+        }
+    }
+
+    /// [`super::head_scores`] over f16 keys; the caller has checked the layout.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn head_scores_f16_impl(
+        q: &[f32],
+        d: usize,
+        group: usize,
+        rows: &[u16],
+        head_stride: usize,
+        scores: &mut [f32],
+    ) {
+        // SAFETY (the closure): this function's features.
+        super::head_scores_with(q, d, group, rows, head_stride, scores, |a, b| unsafe {
+            dot_f32_f16_impl(a, b)
+        });
+    }
+
+    /// [`super::head_weighted`] over f16 values; the caller has checked the layout.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn head_weighted_f16_impl(
+        p: &[f32],
+        d: usize,
+        group: usize,
+        rows: &[u16],
+        head_stride: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY (the closure): this function's features.
+        super::head_weighted_with(p, d, group, rows, head_stride, out, |y, a, x| unsafe {
+            axpy_f16_impl(y, a, x)
+        });
+    }
+
+    /// Sixteen cached values at byte address `$p` as f32: f32 values, or f16 bits widened
+    /// (`$f16`, a constant: one of the two branches is compiled).
+    macro_rules! kv16 {
+        ($f16:expr, $p:expr) => {
+            if $f16 {
+                _mm512_cvtph_ps(_mm256_loadu_si256($p as *const __m256i))
+            } else {
+                _mm512_loadu_ps($p as *const f32)
+            }
+        };
+    }
+
     /// [`super::head_scores`] for heads of a multiple of 16 values, sixteen positions at a
     /// time: each of a head's sixteen dot products runs in its own register (the positions
     /// read in order, the block read from L1 again for the other heads of the group), and the
     /// sixteen sums are folded into one vector of scores ([`fold16`]) instead of one
     /// horizontal sum each.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn head_scores_512(
+    pub(super) unsafe fn head_scores_512<const F16: bool>(
         q: &[f32],
         d: usize,
         group: usize,
-        rows: &[f32],
+        rows: *const u8,
         head_stride: usize,
         scores: &mut [f32],
     ) {
         let heads = q.len() / d;
         let n = scores.len() / heads;
         let block16 = match d / 16 {
-            1 => scores_block16::<1>,
-            2 => scores_block16::<2>,
-            3 => scores_block16::<3>,
-            4 => scores_block16::<4>,
-            5 => scores_block16::<5>,
-            6 => scores_block16::<6>,
-            7 => scores_block16::<7>,
-            8 => scores_block16::<8>,
-            _ => scores_block16_any,
+            1 => scores_block16::<1, F16>,
+            2 => scores_block16::<2, F16>,
+            3 => scores_block16::<3, F16>,
+            4 => scores_block16::<4, F16>,
+            5 => scores_block16::<5, F16>,
+            6 => scores_block16::<6, F16>,
+            7 => scores_block16::<7, F16>,
+            8 => scores_block16::<8, F16>,
+            _ => scores_block16_any::<F16>,
         };
-        let (qp, rp, sp) = (q.as_ptr(), rows.as_ptr(), scores.as_mut_ptr());
+        // Bytes a cached value takes.
+        let e = if F16 { 2 } else { 4 };
+        let (qp, sp) = (q.as_ptr(), scores.as_mut_ptr());
         for h0 in (0..heads).step_by(group) {
-            let run = rp.add((h0 / group) * head_stride);
+            let run = rows.add((h0 / group) * head_stride * e);
             let group_heads = h0..(h0 + group).min(heads);
             let mut t = 0;
             while t + 16 <= n {
-                let block = run.add(t * d);
+                let block = run.add(t * d * e);
                 for h in group_heads.clone() {
                     block16(qp.add(h * d), d, block, sp.add(h * n + t));
                 }
                 t += 16;
             }
             for t in t..n {
-                let k = run.add(t * d);
+                let k = run.add(t * d * e);
                 for h in group_heads.clone() {
                     let qh = qp.add(h * d);
                     let mut acc = _mm512_setzero_ps();
                     for j in (0..d).step_by(16) {
                         acc = _mm512_fmadd_ps(
                             _mm512_loadu_ps(qh.add(j)),
-                            _mm512_loadu_ps(k.add(j)),
+                            kv16!(F16, k.add(j * e)),
                             acc,
                         );
                     }
@@ -1150,21 +1354,23 @@ mod x86 {
         }
     }
 
-    /// One head's scores over sixteen positions of `16·C` values (`block`, in order) into
-    /// `out`: the query's `C` vectors stay in registers, each position's sum in its own.
+    /// One head's scores over sixteen positions of `16·C` values (`block`, in order, f32 or
+    /// f16 bits) into `out`: the query's `C` vectors stay in registers, each position's sum in
+    /// its own.
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_block16<const C: usize>(
+    unsafe fn scores_block16<const C: usize, const F16: bool>(
         q: *const f32,
         _d: usize,
-        block: *const f32,
+        block: *const u8,
         out: *mut f32,
     ) {
+        let e = if F16 { 2 } else { 4 };
         let qv: [__m512; C] = std::array::from_fn(|j| _mm512_loadu_ps(q.add(16 * j)));
         let mut acc = [_mm512_setzero_ps(); 16];
         for (i, a) in acc.iter_mut().enumerate() {
-            let k = block.add(i * 16 * C);
+            let k = block.add(i * 16 * C * e);
             for (j, qv) in qv.iter().enumerate() {
-                *a = _mm512_fmadd_ps(*qv, _mm512_loadu_ps(k.add(16 * j)), *a);
+                *a = _mm512_fmadd_ps(*qv, kv16!(F16, k.add(16 * j * e)), *a);
             }
         }
         let lanes = _mm512_loadu_si512(FOLD16_LANE.as_ptr() as *const _);
@@ -1173,12 +1379,18 @@ mod x86 {
 
     /// [`scores_block16`] for heads of any multiple of 16 values (the query read from L1).
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_block16_any(q: *const f32, d: usize, block: *const f32, out: *mut f32) {
+    unsafe fn scores_block16_any<const F16: bool>(
+        q: *const f32,
+        d: usize,
+        block: *const u8,
+        out: *mut f32,
+    ) {
+        let e = if F16 { 2 } else { 4 };
         let mut acc = [_mm512_setzero_ps(); 16];
         for (i, a) in acc.iter_mut().enumerate() {
-            let k = block.add(i * d);
+            let k = block.add(i * d * e);
             for j in (0..d).step_by(16) {
-                *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(j)), _mm512_loadu_ps(k.add(j)), *a);
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(j)), kv16!(F16, k.add(j * e)), *a);
             }
         }
         let lanes = _mm512_loadu_si512(FOLD16_LANE.as_ptr() as *const _);
@@ -1235,30 +1447,31 @@ mod x86 {
     /// false for others): the outputs of up to 16 / `c` heads of a group stay in registers
     /// while their value run streams by once.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn head_weighted_512(
+    pub(super) unsafe fn head_weighted_512<const F16: bool>(
         p: &[f32],
         d: usize,
         group: usize,
-        rows: &[f32],
+        rows: *const u8,
         head_stride: usize,
         out: &mut [f32],
     ) -> bool {
         let f = match d / 16 {
-            1 => weighted_block::<1, 16>,
-            2 => weighted_block::<2, 8>,
-            3 => weighted_block::<3, 5>,
-            4 => weighted_block::<4, 4>,
-            5 => weighted_block::<5, 3>,
-            6 => weighted_block::<6, 2>,
-            7 => weighted_block::<7, 2>,
-            8 => weighted_block::<8, 2>,
-            16 => weighted_block::<16, 1>,
+            1 => weighted_block::<1, 16, F16>,
+            2 => weighted_block::<2, 8, F16>,
+            3 => weighted_block::<3, 5, F16>,
+            4 => weighted_block::<4, 4, F16>,
+            5 => weighted_block::<5, 3, F16>,
+            6 => weighted_block::<6, 2, F16>,
+            7 => weighted_block::<7, 2, F16>,
+            8 => weighted_block::<8, 2, F16>,
+            16 => weighted_block::<16, 1, F16>,
             _ => return false,
         };
         let per = match d / 16 {
             c @ 1..=8 => 16 / c,
             _ => 1,
         };
+        let e = if F16 { 2 } else { 4 };
         let heads = out.len() / d;
         let n = p.len() / heads;
         let mut h = 0;
@@ -1269,7 +1482,7 @@ mod x86 {
                 p.as_ptr().add(h * n),
                 n,
                 k,
-                rows.as_ptr().add((h / group) * head_stride),
+                rows.add((h / group) * head_stride * e),
                 out.as_mut_ptr().add(h * d),
             );
             h += k;
@@ -1278,23 +1491,25 @@ mod x86 {
     }
 
     /// `out[i·16C..][..16C] = Σₜ p[i·n + t] · run[t·16C..][..16C]` for the `k ≤ H` heads `i` of
-    /// one block.
+    /// one block (`run` f32 values or f16 bits).
     #[target_feature(enable = "avx512f")]
-    unsafe fn weighted_block<const C: usize, const H: usize>(
+    unsafe fn weighted_block<const C: usize, const H: usize, const F16: bool>(
         p: *const f32,
         n: usize,
         k: usize,
-        run: *const f32,
+        run: *const u8,
         out: *mut f32,
     ) {
+        let e = if F16 { 2 } else { 4 };
         let mut acc = [[_mm512_setzero_ps(); C]; H];
         for t in 0..n {
-            let row = run.add(t * 16 * C);
+            let row = run.add(t * 16 * C * e);
+            let vals: [__m512; C] = std::array::from_fn(|j| kv16!(F16, row.add(16 * j * e)));
             for (i, acc) in acc.iter_mut().enumerate() {
                 if i < k {
                     let w = _mm512_set1_ps(*p.add(i * n + t));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * j)), *a);
+                    for (a, v) in acc.iter_mut().zip(&vals) {
+                        *a = _mm512_fmadd_ps(w, *v, *a);
                     }
                 }
             }
@@ -1898,7 +2113,9 @@ mod tests {
     }
 
     /// Attention's row kernels against plain sums, for head sizes that exercise the 32-, 8-
-    /// and 1-value paths and a stride wider than the rows (several heads per position).
+    /// and 1-value paths and a stride wider than the rows (several heads per position), over
+    /// f32 and f16 caches, through the kernel this CPU dispatches to and through the AVX2 and
+    /// portable ones.
     #[test]
     fn head_kernels_match_plain_sums() {
         // Sizes of the AVX2 kernels and of the AVX-512 ones (heads of 16·c values: blocks of
@@ -1918,34 +2135,96 @@ mod tests {
             (144, 2, 1),
             (256, 2, 2),
         ];
+        type Kernels = fn(&[f32], &[f32], usize, usize, KvSlice<'_>, usize, &mut [f32], &mut [f32]);
+        let dispatched: Kernels = |q, p, d, group, rows, stride, scores, out| {
+            head_scores(q, d, group, rows, stride, scores);
+            head_weighted(p, d, group, rows, stride, out);
+        };
+        let portable: Kernels = |q, p, d, group, rows, stride, scores, out| match rows {
+            KvSlice::F32(r) => {
+                head_scores_with(q, d, group, r, stride, scores, dot_f32_portable);
+                head_weighted_with(p, d, group, r, stride, out, |y, a, x| {
+                    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x)
+                });
+            }
+            KvSlice::F16(r) => {
+                let w = |v: u16| half::f16::from_bits(v).to_f32();
+                head_scores_with(q, d, group, r, stride, scores, |a, b: &[u16]| {
+                    a.iter().zip(b).map(|(a, &b)| a * w(b)).sum()
+                });
+                head_weighted_with(p, d, group, r, stride, out, |y, a, x: &[u16]| {
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * w(x))
+                });
+            }
+        };
+        let mut kernels = vec![("dispatched", dispatched), ("portable", portable)];
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() && std::arch::is_x86_feature_detected!("f16c") {
+            let avx2: Kernels = |q, p, d, group, rows, stride, scores, out| unsafe {
+                // SAFETY: the features were detected above.
+                match rows {
+                    KvSlice::F32(r) => {
+                        x86::head_scores_impl(q, d, group, r, stride, scores);
+                        x86::head_weighted_impl(p, d, group, r, stride, out);
+                    }
+                    KvSlice::F16(r) => {
+                        x86::head_scores_f16_impl(q, d, group, r, stride, scores);
+                        x86::head_weighted_f16_impl(p, d, group, r, stride, out);
+                    }
+                }
+            };
+            kernels.push(("avx2", avx2));
+        }
         for ((d, heads, group), n) in sizes.into_iter().flat_map(|s| [(s, 11), (s, 16), (s, 37)]) {
             let kv = heads / group;
             // Each head's run with room for 5 positions more than held.
             let stride = (n + 5) * d;
-            let rows: Vec<f32> = (0..(kv - 1) * stride + n * d)
+            let vals: Vec<f32> = (0..(kv - 1) * stride + n * d)
                 .map(|i| (i as f32 * 0.013).sin())
+                .collect();
+            let bits: Vec<u16> = vals
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
+            let rounded: Vec<f32> = bits
+                .iter()
+                .map(|&b| half::f16::from_bits(b).to_f32())
                 .collect();
             let q: Vec<f32> = (0..heads * d).map(|i| (i as f32 * 0.29).cos()).collect();
             let p: Vec<f32> = (0..heads * n).map(|t| 1.0 / (t + 1) as f32).collect();
-            let mut scores = vec![f32::NAN; heads * n];
-            head_scores(&q, d, group, &rows, stride, &mut scores);
-            let mut out = vec![f32::NAN; heads * d];
-            head_weighted(&p, d, group, &rows, stride, &mut out);
-            for h in 0..heads {
-                let off = (h / group) * stride;
-                for t in 0..n {
-                    let want: f64 = (0..d)
-                        .map(|i| q[h * d + i] as f64 * rows[off + t * d + i] as f64)
-                        .sum();
-                    let got = scores[h * n + t] as f64;
-                    assert!((got - want).abs() < 1e-4, "scores d={d} n={n} h={h} t={t}");
-                }
-                for i in 0..d {
-                    let want: f64 = (0..n)
-                        .map(|t| p[h * n + t] as f64 * rows[off + t * d + i] as f64)
-                        .sum();
-                    let got = out[h * d + i] as f64;
-                    assert!((got - want).abs() < 1e-4, "values d={d} n={n} h={h} i={i}");
+            let cases = [
+                ("f32", KvSlice::F32(&vals), &vals),
+                ("f16", KvSlice::F16(&bits), &rounded),
+            ];
+            for ((what, kernel), (kind, rows, exact)) in kernels
+                .iter()
+                .flat_map(|k| cases.iter().map(move |c| (k, c)))
+            {
+                let mut scores = vec![f32::NAN; heads * n];
+                let mut out = vec![f32::NAN; heads * d];
+                kernel(&q, &p, d, group, *rows, stride, &mut scores, &mut out);
+                for h in 0..heads {
+                    let off = (h / group) * stride;
+                    for t in 0..n {
+                        let want: f64 = (0..d)
+                            .map(|i| q[h * d + i] as f64 * exact[off + t * d + i] as f64)
+                            .sum();
+                        let got = scores[h * n + t] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "{what} {kind} scores d={d} n={n} h={h} t={t}"
+                        );
+                    }
+                    for i in 0..d {
+                        let want: f64 = (0..n)
+                            .map(|t| p[h * n + t] as f64 * exact[off + t * d + i] as f64)
+                            .sum();
+                        let got = out[h * d + i] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "{what} {kind} values d={d} n={n} h={h} i={i}"
+                        );
+                    }
                 }
             }
         }

@@ -10,12 +10,48 @@
 //! plain host vectors instead; a cache moves between the two forms (one copy) only when the
 //! kind of pass changes, e.g. from a prompt's prefill to its first decoded token.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
+use crate::nn::host::KvSlice;
 use crate::nn::linear::host_f32;
 
 /// Positions added per growth step (and dropped per roll of a sliding-window cache).
 pub const BLOCK: usize = 256;
+
+/// How kiln's CPU path keeps cached keys and values ([`LayerCache::append_host`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// f32, as computed: decoding through the cache gives the bits of a full recomputation's
+    /// attention.
+    #[default]
+    F32,
+    /// f16 (values beyond its range clamped to ±65504): half the bytes to hold and to stream
+    /// through at every decoded token, each value rounded to 11 significant bits (llama.cpp's
+    /// default cache type).
+    F16,
+}
+
+impl KvPrecision {
+    /// Parses `f32` or `f16` (command-line flags).
+    pub fn from_name(name: &str) -> crate::Result<Self> {
+        match name {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(crate::Error::invalid_arg(
+                "kv_precision",
+                format!("unknown KV cache precision {other:?}; expected f32 or f16"),
+            )),
+        }
+    }
+
+    /// `f32` or `f16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+}
 
 /// One layer's keys and values.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +66,88 @@ pub struct LayerCache {
     window: Option<usize>,
     /// The host form (while `k`/`v` are `None`).
     host: Option<HostKv>,
+    /// How the host form keeps its values.
+    precision: KvPrecision,
+}
+
+/// A host cache's keys or values: f32, or f16 bits.
+#[derive(Debug, Clone)]
+enum KvBuf {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Default for KvBuf {
+    fn default() -> Self {
+        KvBuf::F32(Vec::new())
+    }
+}
+
+/// `t`'s values rounded to f16 (clamped to its finite range, as [`f16_bits`] rounds), in `t`'s
+/// dtype.
+fn round_f16(t: Tensor<4>) -> Tensor<4> {
+    let dtype = t.dtype();
+    t.clamp(-65504.0, 65504.0).cast(FloatDType::F16).cast(dtype)
+}
+
+/// `v` as f16 bits, clamped to f16's finite range.
+fn f16_bits(v: f32) -> u16 {
+    half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits()
+}
+
+impl KvBuf {
+    fn zeros(precision: KvPrecision, n: usize) -> Self {
+        match precision {
+            KvPrecision::F32 => KvBuf::F32(vec![0.0; n]),
+            KvPrecision::F16 => KvBuf::F16(vec![0; n]),
+        }
+    }
+
+    /// Writes `vals` from value `at` on.
+    fn write(&mut self, at: usize, vals: &[f32]) {
+        match self {
+            KvBuf::F32(b) => b[at..at + vals.len()].copy_from_slice(vals),
+            KvBuf::F16(b) => b[at..at + vals.len()]
+                .iter_mut()
+                .zip(vals)
+                .for_each(|(o, &v)| *o = f16_bits(v)),
+        }
+    }
+
+    /// Copies `len` values from `from` of `src` (of the same precision) to `at`.
+    fn copy_from(&mut self, at: usize, src: &KvBuf, from: usize, len: usize) {
+        match (self, src) {
+            (KvBuf::F32(d), KvBuf::F32(s)) => d[at..at + len].copy_from_slice(&s[from..from + len]),
+            (KvBuf::F16(d), KvBuf::F16(s)) => d[at..at + len].copy_from_slice(&s[from..from + len]),
+            _ => unreachable!("host caches keep one precision"),
+        }
+    }
+
+    fn copy_within(&mut self, src: std::ops::Range<usize>, dest: usize) {
+        match self {
+            KvBuf::F32(b) => b.copy_within(src, dest),
+            KvBuf::F16(b) => b.copy_within(src, dest),
+        }
+    }
+
+    /// Appends `len` values from `at` to `out`, as f32.
+    fn read_into(&self, at: usize, len: usize, out: &mut Vec<f32>) {
+        match self {
+            KvBuf::F32(b) => out.extend_from_slice(&b[at..at + len]),
+            KvBuf::F16(b) => out.extend(
+                b[at..at + len]
+                    .iter()
+                    .map(|&v| half::f16::from_bits(v).to_f32()),
+            ),
+        }
+    }
+
+    fn slice(&self) -> KvSlice<'_> {
+        match self {
+            KvBuf::F32(b) => KvSlice::F32(b),
+            KvBuf::F16(b) => KvSlice::F16(b),
+        }
+    }
 }
 
 /// Keys and values on the host: positions `start..len`, head after head (`[heads, cap, dim]`),
@@ -37,8 +155,9 @@ pub struct LayerCache {
 /// stream front to back.
 #[derive(Debug, Clone, Default)]
 struct HostKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: KvBuf,
+    v: KvBuf,
+    precision: KvPrecision,
     heads: usize,
     dim: usize,
     /// Positions each head has room for.
@@ -48,11 +167,12 @@ struct HostKv {
 }
 
 impl HostKv {
-    fn with_capacity(heads: usize, dim: usize, cap: usize) -> Self {
+    fn with_capacity(precision: KvPrecision, heads: usize, dim: usize, cap: usize) -> Self {
         let n = heads * cap * dim;
         Self {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: KvBuf::zeros(precision, n),
+            v: KvBuf::zeros(precision, n),
+            precision,
             heads,
             dim,
             cap,
@@ -62,12 +182,12 @@ impl HostKv {
 
     /// Room for `cap` positions, the held ones kept.
     fn regrow(&mut self, cap: usize) {
-        let mut grown = Self::with_capacity(self.heads, self.dim, cap);
+        let mut grown = Self::with_capacity(self.precision, self.heads, self.dim, cap);
         let run = self.held * self.dim;
         for g in 0..self.heads {
             let (from, to) = (g * self.cap * self.dim, g * cap * self.dim);
-            grown.k[to..to + run].copy_from_slice(&self.k[from..from + run]);
-            grown.v[to..to + run].copy_from_slice(&self.v[from..from + run]);
+            grown.k.copy_from(to, &self.k, from, run);
+            grown.v.copy_from(to, &self.v, from, run);
         }
         grown.held = self.held;
         *self = grown;
@@ -88,8 +208,8 @@ impl HostKv {
         let d = self.dim;
         for g in 0..self.heads {
             let at = (g * self.cap + self.held) * d;
-            self.k[at..at + d].copy_from_slice(&k[g * d..(g + 1) * d]);
-            self.v[at..at + d].copy_from_slice(&v[g * d..(g + 1) * d]);
+            self.k.write(at, &k[g * d..(g + 1) * d]);
+            self.v.write(at, &v[g * d..(g + 1) * d]);
         }
         self.held += 1;
     }
@@ -112,9 +232,9 @@ impl HostKv {
 #[derive(Debug, Clone, Copy)]
 pub struct HostKvView<'a> {
     /// Keys, `[kv_heads, head_stride / head_dim, head_dim]`.
-    pub k: &'a [f32],
+    pub k: KvSlice<'a>,
     /// Values, laid out as `k`.
-    pub v: &'a [f32],
+    pub v: KvSlice<'a>,
     /// Absolute position of the first position held.
     pub first: usize,
     /// Positions held.
@@ -136,10 +256,11 @@ impl HostKvView<'_> {
         self.row(self.v, t)
     }
 
-    fn row(&self, from: &[f32], t: usize) -> Vec<f32> {
+    fn row(&self, from: KvSlice<'_>, t: usize) -> Vec<f32> {
         let (d, heads) = (self.head_dim, from.len() / self.head_stride.max(1));
         (0..heads)
-            .flat_map(|g| from[g * self.head_stride + t * d..][..d].iter().copied())
+            .flat_map(|g| (0..d).map(move |i| g * self.head_stride + t * d + i))
+            .map(|i| from.get(i))
             .collect()
     }
 }
@@ -156,6 +277,19 @@ pub struct CachedKv {
 }
 
 impl LayerCache {
+    /// An empty cache whose host form keeps `precision`.
+    pub fn with_precision(precision: KvPrecision) -> Self {
+        Self {
+            precision,
+            ..Self::default()
+        }
+    }
+
+    /// How the host form keeps its values.
+    pub fn precision(&self) -> KvPrecision {
+        self.precision
+    }
+
     /// Positions seen so far (absolute).
     pub fn len(&self) -> usize {
         self.len
@@ -180,6 +314,12 @@ impl LayerCache {
     ) -> CachedKv {
         let [b, h, new, d] = k.dims();
         self.window = window;
+        // An f16 cache holds f16 values in both forms: a prefill through tensors attends to
+        // what decoding on the host will read.
+        let (k, v) = match self.precision {
+            KvPrecision::F16 => (round_f16(k), round_f16(v)),
+            KvPrecision::F32 => (k, v),
+        };
         if let Some(host) = self.host.take() {
             self.host_to_tensors(host, [h, d], &k);
         }
@@ -247,8 +387,8 @@ impl LayerCache {
     /// The positions held on the host, if the cache is in host form.
     pub(crate) fn host_view(&self) -> Option<HostKvView<'_>> {
         self.host.as_ref().map(|host| HostKvView {
-            k: &host.k,
-            v: &host.v,
+            k: host.k.slice(),
+            v: host.v.slice(),
             first: self.start,
             held: host.held,
             head_stride: host.cap * host.dim,
@@ -291,15 +431,15 @@ impl LayerCache {
     fn tensors_to_host(&mut self, kv_heads: usize, head_dim: usize) -> HostKv {
         let held = self.len - self.start;
         let (k, v) = (self.k.take(), self.v.take());
-        let mut host = HostKv::with_capacity(kv_heads, head_dim, held + BLOCK);
+        let mut host = HostKv::with_capacity(self.precision, kv_heads, head_dim, held + BLOCK);
         if let (Some(k), Some(v), true) = (k, v, held > 0) {
             let cap = host.cap;
-            let read = |t: Tensor<4>, out: &mut Vec<f32>| {
+            let read = |t: Tensor<4>, out: &mut KvBuf| {
                 // [heads, held, dim], each head's run into the front of its room.
                 let vals = host_f32(t.slice([0..1, 0..kv_heads, 0..held, 0..head_dim]));
                 let run = held * head_dim;
                 for (g, src) in vals.chunks_exact(run).enumerate() {
-                    out[g * cap * head_dim..][..run].copy_from_slice(src);
+                    out.write(g * cap * head_dim, src);
                 }
             };
             read(k, &mut host.k);
@@ -328,11 +468,11 @@ impl LayerCache {
         }
         let device = like.device();
         let dtype = like.dtype();
-        let build = |src: &[f32]| {
+        let build = |src: &KvBuf| {
             let run = held * d;
             let mut out = Vec::with_capacity(h * run);
             for g in 0..h {
-                out.extend_from_slice(&src[g * host.cap * d..][..run]);
+                src.read_into(g * host.cap * d, run, &mut out);
             }
             Tensor::<4>::from_data(TensorData::new(out, [1, h, held, d]), (&device, dtype))
         };
@@ -389,7 +529,7 @@ impl LayerCache {
     /// cache has dropped empties it.
     pub fn truncate(&mut self, len: usize) {
         if !self.can_truncate(len) {
-            *self = Self::default();
+            *self = Self::with_precision(self.precision);
         } else {
             self.len = self.len.min(len);
             if let Some(host) = &mut self.host {
@@ -409,8 +549,13 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `layers` layers and at most `max_len` positions.
     pub fn new(layers: usize, max_len: usize) -> Self {
+        Self::with_precision(layers, max_len, KvPrecision::F32)
+    }
+
+    /// [`KvCache::new`] whose layers keep their host form at `precision`.
+    pub fn with_precision(layers: usize, max_len: usize, precision: KvPrecision) -> Self {
         Self {
-            layers: vec![LayerCache::default(); layers],
+            layers: vec![LayerCache::with_precision(precision); layers],
             max_len,
         }
     }
@@ -450,7 +595,7 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.layers
             .iter_mut()
-            .for_each(|l| *l = LayerCache::default());
+            .for_each(|l| *l = LayerCache::with_precision(l.precision));
     }
 }
 
@@ -522,6 +667,70 @@ mod tests {
         for (i, row) in got.iter().enumerate() {
             assert_eq!(row, &key(first + i), "slot {i}");
         }
+    }
+
+    /// An f16 host form holds each value rounded to f16 (and clamped to its range) through
+    /// growth, rolls and the way back to tensors, and keeps its precision when emptied.
+    #[test]
+    fn f16_host_form_rounds_and_keeps_its_precision() {
+        let d = Device::cpu();
+        let rounded = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::f16::from_f32(x.clamp(-65504.0, 65504.0)).to_f32())
+                .collect()
+        };
+        // Values that f16 does not hold exactly, and one beyond its range.
+        let key = |p: usize| -> Vec<f32> {
+            (0..6)
+                .map(|i| match (p, i) {
+                    (3, 0) => 1e6,
+                    _ => (p * 6 + i) as f32 * 0.1234567 + 1.0 / 3.0,
+                })
+                .collect()
+        };
+        let mut caches = KvCache::with_precision(1, 4096, KvPrecision::F16);
+        let c = caches.layer_mut(0);
+        assert_eq!(c.precision(), KvPrecision::F16);
+        let w = Some(8);
+        let total = BLOCK + 40;
+        for p in 0..total {
+            let view = c.append_host(&key(p), &key(p), 2, w);
+            assert!(matches!(view.k, KvSlice::F16(_)));
+            let held = view.held;
+            assert_eq!(view.key_row(held - 1), rounded(&key(p)), "position {p}");
+            assert_eq!(view.value_row(0), rounded(&key(view.first)));
+        }
+        let first = c.host_view().unwrap().first;
+        assert!(first > 0, "rolled");
+        // Back to tensors: the rounded values.
+        let t = Tensor::from_data(TensorData::new(key(total), [1, 2, 1, 3]), d.floats());
+        let kv = c.append(t.clone(), t, 4096, w);
+        let got = rows(kv.k);
+        for (i, row) in got.iter().take(total - first).enumerate() {
+            assert_eq!(row, &rounded(&key(first + i)), "slot {i}");
+        }
+        // Emptied, then in host form again: still f16.
+        caches.clear();
+        let c = caches.layer_mut(0);
+        assert_eq!(c.precision(), KvPrecision::F16);
+        assert!(matches!(
+            c.append_host(&key(0), &key(0), 2, w).k,
+            KvSlice::F16(_)
+        ));
+        c.truncate(0);
+        assert_eq!(c.precision(), KvPrecision::F16);
+        // The tensor form of an f16 cache rounds as the host form does.
+        let mut c = LayerCache::with_precision(KvPrecision::F16);
+        let t = Tensor::from_data(TensorData::new(key(3), [1, 2, 1, 3]), d.floats());
+        let kv = c.append(t.clone(), t, 4096, None);
+        assert_eq!(rows(kv.v), vec![rounded(&key(3))]);
+        assert_eq!(
+            c.append_host(&key(4), &key(4), 2, None).key_row(0),
+            rounded(&key(3))
+        );
+        // f32 by default, exact.
+        let mut c = LayerCache::default();
+        assert_eq!(c.append_host(&key(1), &key(1), 2, w).key_row(0), key(1));
     }
 
     /// Far past a sliding window, both forms hold at most window + two blocks of positions,
