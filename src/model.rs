@@ -62,6 +62,8 @@ pub struct LoadOptions {
     /// How KV caches keep keys and values on kiln's CPU path ([`KvPrecision`]); `None`: f16
     /// for quantized models, f32 otherwise.
     pub kv_precision: Option<KvPrecision>,
+    /// The output head's quantization when `quantize` is set; `None`: Q8.
+    pub head_quantization: Option<Quantization>,
 }
 
 /// Where the half-precision weights that CPU devices keep as stored (f16/bf16 projections
@@ -100,9 +102,20 @@ impl WeightMemory {
 
 impl LoadOptions {
     /// Quantizes at load ([`Quantization::Q8`] or [`Quantization::Q4`]; 4-bit models keep the
-    /// output head at 8 bits).
+    /// output head at 8 bits unless [`LoadOptions::head_quantization`] says otherwise).
     pub fn quantize(mut self, q: Quantization) -> Self {
         self.quantize = Some(q);
+        self
+    }
+
+    /// The output head's quantization in a model quantized with [`LoadOptions::quantize`]:
+    /// [`Quantization::Q8`] by default, whatever the projections get (the head decides every
+    /// token; llama.cpp keeps its output layer at higher precision too), or
+    /// [`Quantization::Q4`] for a model 4-bit throughout (fewer bytes a token, e.g. a quarter
+    /// fewer on a 135M model with a 49k vocabulary, for a larger error: docs/performance.md
+    /// reports both on the test fixtures). No effect without `quantize`.
+    pub fn head_quantization(mut self, q: Quantization) -> Self {
+        self.head_quantization = Some(q);
         self
     }
 
@@ -196,6 +209,7 @@ impl Model {
         let mut store = WeightStore::open(dir)?;
         store.set_quantization(options.quantize);
         store.set_kv_precision(options.kv_precision);
+        store.set_head_quantization(options.head_quantization);
         store.set_bf16_activations(options.bf16_activations);
         store.set_weight_memory(options.weight_memory);
         store.set_adapter(options.adapter.clone());

@@ -167,3 +167,33 @@ fn f16_kv_cache_stays_close_and_decodes_as_a_full_pass() {
         .to_string()
         .contains("f32 or f16"));
 }
+
+/// A 4-bit output head (`LoadOptions::head_quantization`, opt-in): the models stay close to
+/// transformers' mean NLL, and the head really is 4-bit (the NLL moves from the 8-bit head's).
+#[test]
+fn four_bit_head_stays_close_and_is_in_use() {
+    let device = Device::cpu();
+    let (mut changed, mut n) = (0, 0);
+    for (name, dir, exp) in fixtures() {
+        let nll = |head| {
+            let options = LoadOptions::default()
+                .quantize(Quantization::Q4)
+                .head_quantization(head);
+            let model =
+                Model::load_with(&dir, &device, options).unwrap_or_else(|e| panic!("{name}: {e}"));
+            mean(&model.token_nll(&exp.nll_ids).unwrap()) - exp.mean_nll
+        };
+        let (q8_head, q4_head) = (nll(Quantization::Q8), nll(Quantization::Q4));
+        eprintln!("{name}: Q4, mean NLL {q8_head:+.2e} with an 8-bit head, {q4_head:+.2e} with a 4-bit one");
+        assert!(
+            q4_head.abs() < 0.25,
+            "{name}: a 4-bit head moves the mean NLL by {q4_head}"
+        );
+        changed += usize::from(q8_head != q4_head);
+        n += 1;
+    }
+    assert!(
+        changed * 2 > n,
+        "the head's quantization changed {changed} of {n} models"
+    );
+}

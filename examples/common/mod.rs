@@ -31,6 +31,9 @@ pub struct CommonArgs {
     /// load, on huge pages where the OS offers them: faster decode, slower load).
     #[arg(long, value_name = "WHERE")]
     pub weights: Option<String>,
+    /// The output head's quantization with --quantize: q8 (default) or q4.
+    #[arg(long, value_name = "Q")]
+    pub quantize_head: Option<String>,
     /// How the KV cache keeps keys and values on CPU devices: f32 or f16 (default: f16 for
     /// quantized models, f32 otherwise).
     #[arg(long, value_name = "PRECISION")]
@@ -217,6 +220,14 @@ impl CommonArgs {
                 kiln::Error::InvalidArgument {
                     name: "--bf16-activations".into(),
                     message: format!("unknown mode {m:?}; expected split or rounded"),
+                }
+            })?);
+        }
+        if let Some(q) = &self.quantize_head {
+            o = o.head_quantization(kiln::Quantization::from_name(q).map_err(|_| {
+                kiln::Error::InvalidArgument {
+                    name: "--quantize-head".into(),
+                    message: format!("unknown quantization {q:?}; expected q8 or q4"),
                 }
             })?);
         }

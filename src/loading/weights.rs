@@ -42,6 +42,7 @@ pub struct WeightStore {
     taken: HashSet<String>,
     quantize: Option<Quantization>,
     kv_precision: Option<crate::nn::KvPrecision>,
+    head_quantization: Option<Quantization>,
     bf16_activations: Bf16Activations,
     adapter: Option<Arc<LoraAdapter>>,
     /// Adapted weights read so far.
@@ -118,6 +119,7 @@ impl WeightStore {
             taken: HashSet::new(),
             quantize: None,
             kv_precision: None,
+            head_quantization: None,
             bf16_activations: Bf16Activations::default(),
             adapter: None,
             adapted: HashSet::new(),
@@ -353,6 +355,19 @@ impl WeightStore {
     /// The quantization asked for, if any.
     pub fn quantization(&self) -> Option<Quantization> {
         self.quantize
+    }
+
+    /// The output head's quantization in a quantized model (`None`: Q8).
+    pub fn set_head_quantization(&mut self, q: Option<Quantization>) {
+        self.head_quantization = q;
+    }
+
+    /// How the output head is quantized: not at all in an unquantized model; as asked, else
+    /// at 8 bits (the head decides every token: 4-bit models keep it at 8 bits, as llama.cpp
+    /// keeps its output layer at higher precision by default).
+    pub fn head_quantization(&self) -> Option<Quantization> {
+        self.quantize
+            .map(|_| self.head_quantization.unwrap_or(Quantization::Q8))
     }
 
     /// How the model's KV cache keeps its host form (`None`: the model's default).

@@ -362,9 +362,7 @@ impl Linear {
         vocab: usize,
         device: &Device,
     ) -> Result<Self> {
-        // The head decides every token: 4-bit models keep it at 8 bits (as llama.cpp keeps
-        // its output layer at higher precision).
-        let head_q = store.quantization().map(|_| Quantization::Q8);
+        let head_q = store.head_quantization();
         if tied {
             store.skip("lm_head.weight");
             if let Some(l) = Self::load_host(store, embed_name, vocab, hidden, head_q, device)? {
