@@ -107,10 +107,18 @@ impl KvBuf {
     fn write(&mut self, at: usize, vals: &[f32]) {
         match self {
             KvBuf::F32(b) => b[at..at + vals.len()].copy_from_slice(vals),
-            KvBuf::F16(b) => b[at..at + vals.len()]
-                .iter_mut()
-                .zip(vals)
-                .for_each(|(o, &v)| *o = f16_bits(v)),
+            KvBuf::F16(b) => {
+                // The crate's slice conversion (F16C where the CPU has it), then what overflowed
+                // clamped as `f16_bits` clamps (only values beyond ±65504 round to infinity).
+                use half::slice::HalfFloatSliceExt;
+                let dst: &mut [half::f16] = bytemuck::cast_slice_mut(&mut b[at..at + vals.len()]);
+                dst.convert_from_f32_slice(vals);
+                for (o, &v) in dst.iter_mut().zip(vals) {
+                    if o.is_infinite() {
+                        *o = half::f16::from_bits(f16_bits(v));
+                    }
+                }
+            }
         }
     }
 
