@@ -170,6 +170,8 @@ fn run(args: Args) -> kiln::Result<()> {
         "quantize": variants[0].quantize,
         "bf16_activations": args.common.bf16_activations.as_deref().unwrap_or("split"),
         "weights": args.common.weights.as_deref().unwrap_or("mapped"),
+        "kv": variants[0].model.kv_precision().name(),
+        "quantize_head": args.common.quantize_head.as_deref().unwrap_or("q8"),
         "prompt_len": args.prompt_len,
         "gen": first.generated_tokens,
     });
@@ -180,6 +182,7 @@ fn run(args: Args) -> kiln::Result<()> {
             .map(|(v, s)| {
                 serde_json::json!({
                     "quantize": v.quantize,
+                    "kv": v.model.kv_precision().name(),
                     "prefill_tokens_per_s": s.prefill_tokens_per_s(),
                     "decode_tokens_per_s": s.decode_tokens_per_s(),
                     "load_s": v.load_s,

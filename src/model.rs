@@ -378,6 +378,12 @@ impl Model {
         self.inner.lm.info().max_context
     }
 
+    /// How this model's sessions keep keys and values in their KV caches on kiln's CPU path
+    /// (see [`LoadOptions::kv_precision`]).
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.inner.lm.new_cache().precision()
+    }
+
     /// Architecture name (`llama`, `mistral`, `qwen2`).
     pub fn architecture(&self) -> &str {
         &self.inner.lm.info().architecture

@@ -654,6 +654,9 @@ fn bench_interleaves_quantizations() {
         .map(|x| x["quantize"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["none", "q8", "q4"]);
+    // Quantized loads keep their KV cache in f16 by default, the unquantized one in f32.
+    let kv: Vec<&str> = variants.iter().map(|x| x["kv"].as_str().unwrap()).collect();
+    assert_eq!(kv, ["f32", "f16", "f16"]);
     for x in variants {
         for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
             assert!(x[k].as_f64().unwrap() > 0.0, "{k} of {x}");
@@ -670,6 +673,11 @@ fn bench_interleaves_quantizations() {
         (
             &["--interleave", "none", "--quantize", "q8"][..],
             "--interleave",
+        ),
+        (&["--kv", "f8"][..], "--kv"),
+        (
+            &["--quantize", "q4", "--quantize-head", "q2"][..],
+            "--quantize-head",
         ),
     ] {
         let out = example("bench")

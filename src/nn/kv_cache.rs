@@ -568,6 +568,13 @@ impl KvCache {
         }
     }
 
+    /// How the layers keep their host form.
+    pub fn precision(&self) -> KvPrecision {
+        self.layers
+            .first()
+            .map_or(KvPrecision::F32, |l| l.precision)
+    }
+
     /// Cached positions (the position of the next token).
     pub fn len(&self) -> usize {
         self.layers.first().map_or(0, |l| l.len())
