@@ -410,11 +410,19 @@ impl QActs {
             Quantization::Q8 => (128, bpr * 8),
             Quantization::Q4 => (8, q4_units(bpr).map(|(_, u)| 4 * u.max(2)).sum()),
         };
+        // The buffers only grow: a decode step fills them for rows of the hidden size and of
+        // the MLP's width in turn, and shrinking them would zero the difference at every
+        // growth (every value read is written below first).
+        fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
+        }
         let (q, d, c, groups) = (&mut self.q, &mut self.d, &mut self.c, &mut self.groups);
-        q.resize(n * cols, 0);
-        d.resize(n * bpr, 0.0);
-        c.resize(n * c_len, 0);
-        groups.resize(cols / 4, 0);
+        grow(q, n * cols);
+        grow(d, n * bpr);
+        grow(c, n * c_len);
+        grow(groups, cols / 4);
         let mut unit = [0i8; 4 * QBLOCK];
         for j in 0..n {
             let qr = &mut q[j * cols..(j + 1) * cols];
