@@ -691,4 +691,26 @@ fn bench_interleaves_quantizations() {
         let err = stderr_line(&out);
         assert!(err.contains(needle) && err.lines().count() == 1, "{err}");
     }
+
+    // `--quantize none` is the default spelled out, as the JSON reports it.
+    let out = example("bench")
+        .arg("--model")
+        .arg(&src)
+        .args([
+            "--quantize",
+            "none",
+            "--prompt-len",
+            "2",
+            "--gen",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_line(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["quantize"].as_str(), v["kv"].as_str()),
+        (Some("none"), Some("f32"))
+    );
 }

@@ -207,11 +207,13 @@ impl CommonArgs {
     /// Parses --quantize.
     pub fn load_options(&self) -> kiln::Result<kiln::LoadOptions> {
         let mut o = kiln::LoadOptions::default();
-        if let Some(q) = &self.quantize {
+        // "none" is the default spelled out (what `bench --json` reports and `--interleave`
+        // takes), so that scripts can loop over none, q8 and q4.
+        if let Some(q) = self.quantize.as_deref().filter(|q| *q != "none") {
             o = o.quantize(kiln::Quantization::from_name(q).map_err(|_| {
                 kiln::Error::InvalidArgument {
                     name: "--quantize".into(),
-                    message: format!("unknown quantization {q:?}; expected q8 or q4"),
+                    message: format!("unknown quantization {q:?}; expected none, q8 or q4"),
                 }
             })?);
         }
