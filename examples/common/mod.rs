@@ -19,7 +19,7 @@ pub struct CommonArgs {
     /// Compute dtype: f32 (default), f16 (wgpu with shader-f16, flex) or bf16 (flex).
     #[arg(long)]
     pub dtype: Option<String>,
-    /// Quantize weights at load: q8 or q4 (CPU devices).
+    /// Quantize weights at load: none (the default), q8 or q4 (CPU devices).
     #[arg(long)]
     pub quantize: Option<String>,
     /// How prefill multiplies activations by bf16 weights on CPUs with AVX512-BF16: split
