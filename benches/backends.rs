@@ -189,7 +189,11 @@ fn host_prefill(c: &mut Criterion) {
     let mut g = c.benchmark_group("host_prefill");
     g.sample_size(10);
     g.throughput(Throughput::Elements(2 * (rows * cols * n) as u64));
-    for mode in [Bf16Activations::Split, Bf16Activations::Rounded] {
+    for mode in [
+        Bf16Activations::Exact,
+        Bf16Activations::Split,
+        Bf16Activations::Rounded,
+    ] {
         let m = half.clone().with_bf16_activations(mode);
         let id = format!("bf16_{}", mode.name());
         g.bench_function(BenchmarkId::from_parameter(id), |b| {

@@ -78,12 +78,60 @@ impl Dtype {
     }
 }
 
+/// Which of kiln's own CPU paths a CPU device uses (see [`Device::with_cpu_paths`]). The
+/// default is the fastest; the others exist to compare a fast path with the one below it
+/// (tests, benchmarks) and to fall back when a fast path is suspected of a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuPaths {
+    /// Half-precision and quantized weights read in place by kiln's kernels; a single
+    /// sequence's decode steps and prefills run on host vectors (no tensor operation per layer).
+    #[default]
+    All,
+    /// As `All`, but prefills go through burn's tensors (decode steps stay on the host).
+    HostDecode,
+    /// Weights stay on the host for kiln's kernels, every layer loop runs on burn's tensors.
+    HostWeights,
+    /// burn alone: every weight widened to an f32 tensor at load (the reference the host paths
+    /// are tested against; no quantization).
+    Tensor,
+}
+
+impl CpuPaths {
+    /// `all`, `host-decode`, `host-weights` or `tensor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuPaths::All => "all",
+            CpuPaths::HostDecode => "host-decode",
+            CpuPaths::HostWeights => "host-weights",
+            CpuPaths::Tensor => "tensor",
+        }
+    }
+
+    /// Parses [`CpuPaths::name`].
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(CpuPaths::All),
+            "host-decode" => Ok(CpuPaths::HostDecode),
+            "host-weights" => Ok(CpuPaths::HostWeights),
+            "tensor" => Ok(CpuPaths::Tensor),
+            _ => Err(Error::invalid_arg(
+                "cpu_paths",
+                format!(
+                    "unknown CPU paths {name:?}; expected all, host-decode, host-weights or tensor"
+                ),
+            )),
+        }
+    }
+}
+
 /// A compute device: which backend runs the model, on which hardware, in which float type.
 #[derive(Debug, Clone)]
 pub struct Device {
     inner: burn::tensor::Device,
     kind: BackendKind,
     dtype: Dtype,
+    cpu_paths: CpuPaths,
+    max_tensor_bytes: Option<usize>,
 }
 
 impl Device {
@@ -110,6 +158,8 @@ impl Device {
             inner: burn::tensor::Device::flex(),
             kind: BackendKind::Flex,
             dtype: Dtype::F32,
+            cpu_paths: CpuPaths::All,
+            max_tensor_bytes: None,
         }
     }
 
@@ -121,6 +171,8 @@ impl Device {
             inner: burn::tensor::Device::ndarray(),
             kind: BackendKind::NdArray,
             dtype: Dtype::F32,
+            cpu_paths: CpuPaths::All,
+            max_tensor_bytes: None,
         }
     }
 
@@ -133,6 +185,8 @@ impl Device {
             inner: burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
             kind: BackendKind::Wgpu,
             dtype: Dtype::F32,
+            cpu_paths: CpuPaths::All,
+            max_tensor_bytes: None,
         }
     }
 
@@ -213,20 +267,35 @@ impl Device {
 
     /// The largest single weight tensor, in bytes, this device is given; larger embedding
     /// tables and projections are stored in parts. wgpu: 128 MiB, the storage-buffer binding
-    /// size adapters commonly allow (lavapipe cannot allocate a 250 MB buffer); CPU: no limit.
-    /// `KILN_MAX_TENSOR_BYTES` overrides it on any device.
+    /// size adapters commonly allow (lavapipe cannot allocate a 250 MB buffer); CPU: no limit;
+    /// [`Device::with_max_tensor_bytes`] sets another.
     pub fn max_tensor_bytes(&self) -> usize {
-        if let Some(n) = std::env::var("KILN_MAX_TENSOR_BYTES")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|n| *n > 0)
-        {
-            return n;
+        match (self.max_tensor_bytes, self.kind) {
+            (Some(n), _) => n,
+            (None, BackendKind::Wgpu) => 128 << 20,
+            (None, _) => usize::MAX,
         }
-        match self.kind {
-            BackendKind::Wgpu => 128 << 20,
-            _ => usize::MAX,
+    }
+
+    /// This device with another tensor size limit (see [`Device::max_tensor_bytes`]): for an
+    /// adapter whose storage buffers are smaller than 128 MiB, and for tests of split weights.
+    /// Zero is taken as one byte.
+    pub fn with_max_tensor_bytes(self, bytes: usize) -> Self {
+        Self {
+            max_tensor_bytes: Some(bytes.max(1)),
+            ..self
         }
+    }
+
+    /// This device using only some of kiln's own CPU paths ([`CpuPaths`]; the default is all
+    /// of them). No effect on GPU devices.
+    pub fn with_cpu_paths(self, cpu_paths: CpuPaths) -> Self {
+        Self { cpu_paths, ..self }
+    }
+
+    /// Which of kiln's CPU paths this device uses.
+    pub fn cpu_paths(&self) -> CpuPaths {
+        self.cpu_paths
     }
 
     /// The device names this build accepts (backends compiled in).
@@ -276,28 +345,26 @@ impl Device {
 
     /// Whether f16/bf16 weights stay half precision on the host and go through kiln's own CPU
     /// kernels ([`crate::nn::HalfMatrix`]): on CPU backends computing in f32, unless
-    /// `KILN_HOST_KERNELS=0` (then they are widened to f32 tensors, as before).
+    /// [`CpuPaths::Tensor`] (then they are widened to f32 tensors).
     pub fn keeps_half_weights(&self) -> bool {
         matches!(self.kind, BackendKind::Flex | BackendKind::NdArray)
             && self.dtype == Dtype::F32
-            && std::env::var("KILN_HOST_KERNELS").as_deref() != Ok("0")
+            && self.cpu_paths != CpuPaths::Tensor
     }
 
     /// Whether a model whose weights all stay on the host ([`Device::keeps_half_weights`])
     /// runs each decode step of a single sequence entirely on the host: kiln's kernels for the
     /// projections, plain loops for norms, rotary embedding and attention, the KV cache in host
-    /// memory; no tensor operation per layer. On unless the environment sets
-    /// `KILN_HOST_DECODE=0` (to compare with the tensor path).
+    /// memory; no tensor operation per layer. Off with [`CpuPaths::HostWeights`].
     pub fn decodes_on_host(&self) -> bool {
-        self.keeps_half_weights() && std::env::var("KILN_HOST_DECODE").as_deref() != Ok("0")
+        self.keeps_half_weights() && self.cpu_paths != CpuPaths::HostWeights
     }
 
     /// Whether such a model ([`Device::decodes_on_host`]) also runs the prefill of a single
     /// sequence on the host: GEMMs for the projections, each token's attention over its prefix
-    /// of the host KV cache, no tensor operation per layer. On unless the environment sets
-    /// `KILN_HOST_PREFILL=0` (or `KILN_HOST_DECODE=0`).
+    /// of the host KV cache, no tensor operation per layer. Off with [`CpuPaths::HostDecode`].
     pub fn prefills_on_host(&self) -> bool {
-        self.decodes_on_host() && std::env::var("KILN_HOST_PREFILL").as_deref() != Ok("0")
+        self.decodes_on_host() && self.cpu_paths != CpuPaths::HostDecode
     }
 
     /// The float type this device computes in.

@@ -43,7 +43,7 @@ pub mod tokenizer;
 
 pub use batch::BatchOutput;
 pub use chat::{ChatTemplate, Message};
-pub use device::{BackendKind, Device, Dtype};
+pub use device::{BackendKind, CpuPaths, Device, Dtype};
 pub use encoder::{Encoder, Pooling};
 pub use error::{Error, Result};
 pub use generation::{

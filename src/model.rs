@@ -54,8 +54,8 @@ pub struct LoadOptions {
     /// Named LoRA adapters kept apart from the weights, chosen per session
     /// ([`Session::set_adapter`]).
     pub switchable: Vec<(String, Arc<LoraAdapter>)>,
-    /// How activations meet bf16 weights in prefill on CPUs with AVX512-BF16: split into two
-    /// bf16 values (the default, 16 significant bits) or rounded to one (twice as fast).
+    /// How activations meet bf16 weights in prefill on CPUs with AVX512-BF16: three bf16 values
+    /// (the default, exact), two (16 significant bits, 1.5× as fast) or one (3× as fast).
     pub bf16_activations: Bf16Activations,
     /// Where half-precision weights kept as stored on CPU devices live ([`WeightMemory`]).
     pub weight_memory: WeightMemory,
@@ -151,9 +151,10 @@ impl LoadOptions {
     }
 
     /// Chooses how prefill multiplies activations by bf16 weights on CPUs with AVX512-BF16
-    /// ([`Bf16Activations`]): [`Bf16Activations::Rounded`] doubles the GEMM's rate by rounding
-    /// each activation to bf16, as PyTorch's bf16 matmuls and llama.cpp do (on the test
-    /// checkpoints, mean NLL moves by up to 9e-3 against 1e-6 for the default). Decode and
+    /// ([`Bf16Activations`]): [`Bf16Activations::Split`] runs 1.5× as fast as the exact
+    /// default with 16 significant bits of each activation; [`Bf16Activations::Rounded`] 3× by
+    /// rounding each activation to bf16, as PyTorch's bf16 matmuls and llama.cpp do (on the
+    /// test checkpoints, mean NLL moves by up to 9e-3 against 1e-6 for the default). Decode and
     /// other CPUs are unaffected.
     pub fn bf16_activations(mut self, activations: Bf16Activations) -> Self {
         self.bf16_activations = activations;
@@ -184,8 +185,8 @@ impl Model {
                     message: format!(
                         "{} quantization runs on CPU devices (flex, ndarray) computing in f32{}",
                         q.name(),
-                        if std::env::var("KILN_HOST_KERNELS").as_deref() == Ok("0") {
-                            " (KILN_HOST_KERNELS=0 turns kiln's CPU kernels off)"
+                        if device.cpu_paths() == crate::device::CpuPaths::Tensor {
+                            " (this device is set to burn's tensors alone: CpuPaths::Tensor)"
                         } else {
                             ""
                         }

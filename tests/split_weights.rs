@@ -1,8 +1,8 @@
 //! Weights larger than a device's tensor limit are stored in parts (row blocks of the
 //! embedding, column blocks of projections and the output head). Here the limit is forced down
 //! to 4 KiB on the CPU, so every table and projection of the fixtures is split, and the models
-//! must still give transformers' answers. (Its own test binary: the limit is an environment
-//! variable read at load; so is `KILN_HOST_KERNELS=0`, which makes bf16 files f32 tensors here.)
+//! must still give transformers' answers. Half-precision files would otherwise stay as stored
+//! on the CPU (kiln's own kernels), so the CPU devices here use burn's tensors alone.
 
 mod common;
 
@@ -10,11 +10,11 @@ use kiln::{Device, Model};
 
 #[test]
 fn split_weights_give_the_reference_answers() {
-    // This binary has one test: no other thread reads the environment meanwhile.
-    std::env::set_var("KILN_MAX_TENSOR_BYTES", "4096");
-    // Half-precision files would otherwise stay as stored on the CPU (kiln's own kernels).
-    std::env::set_var("KILN_HOST_KERNELS", "0");
-    assert_eq!(Device::cpu().max_tensor_bytes(), 4096);
+    let small = |d: Device| {
+        d.with_max_tensor_bytes(4096)
+            .with_cpu_paths(kiln::CpuPaths::Tensor)
+    };
+    assert_eq!(small(Device::cpu()).max_tensor_bytes(), 4096);
     for (name, dir, exp) in common::fixtures() {
         if ![
             "llama-f32",
@@ -27,7 +27,7 @@ fn split_weights_give_the_reference_answers() {
         {
             continue;
         }
-        for device in common::devices() {
+        for device in common::devices().into_iter().map(small) {
             if device.kind() == kiln::BackendKind::Wgpu
                 && !["llama-f32", "gpt2-f32"].contains(&name.as_str())
             {
@@ -49,5 +49,4 @@ fn split_weights_give_the_reference_answers() {
             assert_eq!(ids, exp.greedy_ids, "{name} on {}", device.name());
         }
     }
-    std::env::remove_var("KILN_MAX_TENSOR_BYTES");
 }

@@ -11,11 +11,20 @@ plus expected.json with what transformers computes for them:
 - nll_ids / mean_nll: a paragraph's ids and mean -log p(token_i | tokens_<i) over positions 1..N
 - last_logits: the logits at the prompt's last position
 
-References are computed in float32 from the stored weights (bf16 files are upcast), which is
-what kiln computes on CPU by default.
+References are computed in float32 from a fresh load of the saved files (bf16 files are upcast;
+an in-memory model that went through a dtype round trip would carry bf16-rounded RoPE buffers),
+which is what kiln computes on CPU by default.
+
+Large-logit variants (--large; tests/fixtures/large/<family>-<f32|bf16>): one spec per family
+with its final norm scaled by 4, so that the logits are the size of a trained model's (max |logit|
+~10-20, mean NLL well above ln(vocab)) and a small numerical change shows above the tests'
+tolerances, which are relative to the logits' scale. Their expected.json adds greedy_margins: the
+reference's top-1 minus top-2 logit at each greedy step (a step whose margin is below the
+tolerance may legitimately pick the other token).
 
 Needs: pip install torch transformers safetensors. Run from the repository root:
     python3 tools/make_fixtures.py [--out tests/fixtures] [--only NAME] [--seed-offset K]
+    python3 tools/make_fixtures.py --large [--out tests/fixtures/large]
 The tokenizers are cut-down copies of real ones in ../shared/tokenizers (see cut_vocab()), so the
 fixtures stay small while exercising SentencePiece byte fallback and GPT-2 byte-level BPE.
 """
@@ -85,6 +94,19 @@ def perturb(model, gen):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def scale_final_norm(model, factor):
+    """Multiplies the final norm's output by `factor` (weight and bias; Gemma stores w for a
+    (1 + w) scale, so w' = factor * (1 + w) - 1)."""
+    gemma = model.config.model_type.startswith("gemma")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in ("model.norm.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"):
+                if gemma and name.endswith("weight"):
+                    p.copy_(factor * (1.0 + p) - 1.0)
+                else:
+                    p.mul_(factor)
 
 
 SPECS = {
@@ -194,6 +216,36 @@ SPECS = {
 }
 
 
+# The large-logit variants: one spec per family (its most demanding fixture), each stored in f32
+# and in bf16. Gemma 2's caps are its real ones (50 / 30): the small fixture's caps of 2 and 5
+# would squash the large logits back.
+LARGE = {
+    "llama": ("llama-f32", {}),
+    "mistral": ("mistral-window-f32", {}),
+    "mixtral": ("mixtral-f32", {}),
+    "qwen2": ("qwen2-f32", {}),
+    "qwen3": ("qwen3-bf16", {}),
+    "phi3": ("phi3-f32", {}),
+    "gemma": ("gemma-f32", {}),
+    "gemma2": ("gemma2-bf16", dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
+    "gemma3": ("gemma3-f32", {}),
+    "gpt2": ("gpt2-f32", {}),
+}
+
+
+def large_specs():
+    out = {}
+    for family, (base, cfg) in LARGE.items():
+        for dtype in (torch.float32, torch.bfloat16):
+            spec = dict(SPECS[base])
+            spec["cfg"] = {**spec["cfg"], **cfg}
+            spec["dtype"] = dtype
+            spec["seed"] = spec["seed"] + 100
+            spec["final_norm_scale"] = 4.0
+            out[f"{family}-{str(dtype).replace('torch.', '').replace('float32', 'f32').replace('bfloat16', 'bf16')}"] = spec
+    return out
+
+
 def build(name, spec, out_root, seed_offset, full_vocab=False):
     out = os.path.join(out_root, name)
     if os.path.isdir(out):
@@ -231,6 +283,8 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     gen = torch.Generator().manual_seed(spec["seed"])
     perturb(model, gen)
+    if spec.get("final_norm_scale"):
+        scale_final_norm(model, spec["final_norm_scale"])
     model = model.to(spec["dtype"])
     model.save_pretrained(out)
 
@@ -240,9 +294,12 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
     with torch.no_grad():
         ids = torch.tensor([prompt_ids])
         last_logits = ref(ids).logits[0, -1].tolist()
-        greedy = []
+        greedy, margins = [], []
         for _ in range(16):
-            nxt = int(ref(ids).logits[0, -1].argmax())
+            row = ref(ids).logits[0, -1]
+            top2 = torch.topk(row, 2).values
+            margins.append(float(top2[0] - top2[1]))
+            nxt = int(row.argmax())
             greedy.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
         paragraph = " ".join([PARAGRAPH] * 6) if spec.get("long_text") else PARAGRAPH
@@ -258,10 +315,16 @@ def build(name, spec, out_root, seed_offset, full_vocab=False):
         paragraph=paragraph, nll_ids=nll_ids, mean_nll=float(nll.mean()),
         last_logits=[round(x, 6) for x in last_logits],
     )
+    if spec.get("final_norm_scale"):
+        # Full precision: the tests' tolerance is ~2e-5 of the largest logit.
+        expected["last_logits"] = last_logits
+        expected["greedy_margins"] = margins
+        expected["max_abs_logit"] = max(abs(x) for x in last_logits)
     json.dump(expected, open(os.path.join(out, "expected.json"), "w"), ensure_ascii=False, indent=1)
     open(os.path.join(out, "paragraph.txt"), "w").write(paragraph)
     print(f"{name}: vocab {vocab}, prompt {len(prompt_ids)} ids, greedy {greedy[:6]}..., "
-          f"mean_nll {float(nll.mean()):.4f}", file=sys.stderr)
+          f"mean_nll {float(nll.mean()):.4f}, max |logit| {max(abs(x) for x in last_logits):.2f}, "
+          f"least margin {min(margins):.5f}", file=sys.stderr)
 
 
 ENCODER_TEXTS = ["The cat sits on the mat.", "a", "naïve café 🦀 " * 5,
@@ -317,13 +380,22 @@ def build_bert(out_root):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"))
+    ap.add_argument("--out")
     ap.add_argument("--only", action="append")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="different weights, same shapes (for checking on unseen checkpoints)")
+    ap.add_argument("--large", action="store_true",
+                    help="build the large-logit variants (default --out tests/fixtures/large)")
     ap.add_argument("--full-vocab", action="store_true",
                     help="use the real tokenizers (32k/50k vocabularies): larger, not for committing")
     args = ap.parse_args()
+    if args.large:
+        out = args.out or os.path.join(ROOT, "tests", "fixtures", "large")
+        for name, spec in large_specs().items():
+            if not args.only or name in args.only:
+                build(name, spec, out, args.seed_offset, args.full_vocab)
+        return
+    args.out = args.out or os.path.join(ROOT, "tests", "fixtures")
     for name, spec in SPECS.items():
         if args.only and name not in args.only:
             continue

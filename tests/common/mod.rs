@@ -18,6 +18,12 @@ pub struct Expected {
     pub nll_ids: Vec<u32>,
     pub mean_nll: f64,
     pub last_logits: Vec<f32>,
+    /// Large-logit fixtures only: the reference's top-1 minus top-2 logit at each greedy step.
+    #[serde(default)]
+    pub greedy_margins: Vec<f32>,
+    /// Large-logit fixtures only: the largest |logit| at the prompt's last position.
+    #[serde(default)]
+    pub max_abs_logit: f32,
 }
 
 /// tests/fixtures, or `KILN_FIXTURES_DIR` (tools/check_unseen.sh points it at checkpoints the
@@ -31,8 +37,17 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// Every fixture checkpoint (a folder with expected.json), sorted by name.
 pub fn fixtures() -> Vec<(String, PathBuf, Expected)> {
+    fixtures_in(&fixtures_dir())
+}
+
+/// The large-logit fixtures (tests/fixtures/large: `make_fixtures.py --large`), sorted by name.
+pub fn large_fixtures() -> Vec<(String, PathBuf, Expected)> {
+    fixtures_in(&fixtures_dir().join("large"))
+}
+
+fn fixtures_in(root: &Path) -> Vec<(String, PathBuf, Expected)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(fixtures_dir()).expect("tests/fixtures exists") {
+    for entry in std::fs::read_dir(root).expect("the fixtures folder exists") {
         let dir = entry.unwrap().path();
         let exp = dir.join("expected.json");
         if exp.is_file() {
