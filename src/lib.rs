@@ -31,6 +31,7 @@ pub mod chat;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub(crate) mod exec;
 pub mod generation;
 #[cfg(feature = "hub")]
 pub mod hub;

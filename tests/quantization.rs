@@ -153,10 +153,14 @@ fn f16_kv_cache_stays_close_and_decodes_as_a_full_pass() {
         assert_eq!(greedy, exp.greedy_ids, "{name}: greedy ids");
         let mut session = f16.session();
         let n = ids.len();
+        // Where a sliding window rolls within a chunk (gemma2-bf16: window 8), that chunk runs
+        // on the tensor executor and the short ones on the host: their keys and values differ
+        // in the last f32 bits (another summation order), which an f16 cache can turn into an
+        // f16 ulp (2^-11 of the value); with an f32 cache they agree within 4e-6.
         for w in [0, 7, 20, 21, n - 1, n].windows(2) {
             let logits = session.append(&ids[w[0]..w[1]]).unwrap();
             let d = common::max_abs_diff(&logits, &full[w[1] - 1]);
-            assert!(d < 1e-4, "{name}: chunk {}..{} differs by {d}", w[0], w[1]);
+            assert!(d < 5e-4, "{name}: chunk {}..{} differs by {d}", w[0], w[1]);
         }
         checked += 1;
     }

@@ -20,13 +20,14 @@ use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::exec::{Exec, Forward, HostPlan};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
+use crate::models::{CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
-    Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache, Linear,
-    RmsNorm, RotaryEmbedding,
+    Activation, Attention, AttentionConfig, Embedding, GatedMlp, KvCache, Linear, RmsNorm,
+    RotaryEmbedding,
 };
 
 /// Which Gemma.
@@ -320,6 +321,8 @@ pub struct Gemma {
     norm: RmsNorm,
     lm_head: Linear,
     device: Device,
+    /// When the host executor runs it.
+    host: HostPlan,
 }
 
 impl Gemma {
@@ -394,8 +397,15 @@ impl Gemma {
             num_layers: cfg.num_layers,
             bos_token_id: cfg.bos_token_id,
             eos_token_ids: cfg.eos_token_ids.clone(),
+            kv_precision: store.kv_precision(),
         };
+        let all_host = embed_tokens.is_host()
+            && lm_head.host().is_some()
+            && layers
+                .iter()
+                .all(|l| l.self_attn.is_host() && l.mlp.is_host());
         Ok(Self {
+            host: HostPlan::new(device, all_host, cfg.layer_windows.clone()),
             cfg,
             info,
             embed_tokens,
@@ -407,73 +417,57 @@ impl Gemma {
     }
 }
 
+impl Forward for Gemma {
+    fn forward<E: Exec>(&self, e: &mut E) -> Result<Tensor<2>> {
+        let x = e.embed(&self.embed_tokens);
+        let mut x = e.scale(x, (self.cfg.hidden_size as f32).sqrt());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let rope = if layer.sliding {
+                &self.cfg.rope_local
+            } else {
+                &self.cfg.rope_global
+            };
+            e.tap_hidden(&x);
+            let h = e.rms_norm(&layer.input_layernorm, &x);
+            let a = e.attention(i, &layer.self_attn, Some(rope), h)?;
+            match &layer.ffw_norms {
+                None => {
+                    x = e.add(x, a);
+                    let h = e.rms_norm(&layer.post_attention_layernorm, &x);
+                    let m = e.gated_mlp(&layer.mlp, h);
+                    x = e.add(x, m);
+                }
+                Some((pre, post)) => {
+                    let a = e.rms_norm_in_place(&layer.post_attention_layernorm, a);
+                    x = e.add(x, a);
+                    let h = e.rms_norm(pre, &x);
+                    let m = e.gated_mlp(&layer.mlp, h);
+                    let m = e.rms_norm_in_place(post, m);
+                    x = e.add(x, m);
+                }
+            }
+        }
+        e.logits(x, &self.norm, &self.lm_head, self.cfg.final_softcap)
+    }
+
+    fn host_plan(&self) -> &HostPlan {
+        &self.host
+    }
+
+    fn group(&self) -> usize {
+        self.cfg.attention.heads / self.cfg.attention.kv_heads
+    }
+}
+
 impl CausalLm for Gemma {
     fn forward_tapped(
         &self,
         input: Input<'_>,
         cache: &mut KvCache,
         which: LogitsFor,
-        mut taps: Option<&mut Taps>,
+        taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
-        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
-        let start = cache.len();
-        let max_len = cache.max_len();
-        let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let global = AttentionContext::batched(
-            Some(&self.cfg.rope_global),
-            start,
-            seq,
-            pads,
-            group,
-            &self.device,
-        );
-        let local = AttentionContext::batched(
-            Some(&self.cfg.rope_local),
-            start,
-            seq,
-            pads,
-            group,
-            &self.device,
-        );
-        let h = self.cfg.hidden_size;
-        let mut x = self
-            .embed_tokens
-            .forward_rows(input.ids, rows, &self.device)
-            .mul_scalar((h as f32).sqrt());
-        for (i, layer) in self.layers.iter().enumerate() {
-            let ctx = if layer.sliding { &local } else { &global };
-            Taps::hidden(&mut taps, &x);
-            let attn = Taps::attention(
-                &mut taps,
-                &layer.self_attn,
-                layer.input_layernorm.forward(x.clone()),
-                ctx,
-                cache.layer_mut(i),
-                max_len,
-            );
-            match &layer.ffw_norms {
-                None => {
-                    x = x + attn;
-                    let mlp = layer
-                        .mlp
-                        .forward(layer.post_attention_layernorm.forward(x.clone()));
-                    x = x + mlp;
-                }
-                Some((pre, post)) => {
-                    x = x + layer.post_attention_layernorm.forward(attn);
-                    let mlp = layer.mlp.forward(pre.forward(x.clone()));
-                    x = x + post.forward(mlp);
-                }
-            }
-        }
-        if taps.as_ref().is_some_and(|t| t.hidden_states) {
-            Taps::hidden(&mut taps, &self.norm.forward(x.clone()));
-        }
-        let logits = head_logits(x, which, |x| self.norm.forward(x), &self.lm_head);
-        Ok(match self.cfg.final_softcap {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        })
+        crate::exec::run(self, input, cache, which, taps, &self.device)
     }
 
     fn info(&self) -> &LmInfo {

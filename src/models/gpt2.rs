@@ -227,6 +227,7 @@ impl Gpt2 {
             num_layers: cfg.n_layer,
             bos_token_id: cfg.bos_token_id,
             eos_token_ids: cfg.eos_token_ids.clone(),
+            kv_precision: store.kv_precision(),
         };
         Ok(Self {
             cfg,

@@ -27,19 +27,19 @@
 
 use std::path::Path;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::exec::{Exec, Forward, HostPlan};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
-use crate::nn::attention::DecodeScratch;
+use crate::models::{CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
-    Activation, Attention, AttentionConfig, AttentionContext, Embedding, GatedMlp, KvCache,
-    KvPrecision, Linear, RmsNorm, RopeScaling, RotaryEmbedding, SparseMoe,
+    Activation, Attention, AttentionConfig, Embedding, GatedMlp, KvCache, Linear, RmsNorm,
+    RopeScaling, RotaryEmbedding, SparseMoe,
 };
 
 /// `config.json` as written by transformers (field names kept).
@@ -297,12 +297,8 @@ pub struct Llama {
     lm_head: Linear,
     rope: RotaryEmbedding,
     device: Device,
-    /// Decode steps run on kiln's host path (see [`Device::decodes_on_host`]).
-    host_decode: bool,
-    /// So do prefills of one sequence (see [`Device::prefills_on_host`]).
-    host_prefill: bool,
-    /// How its caches keep keys and values on the host path.
-    kv_precision: KvPrecision,
+    /// When the host executor runs it.
+    host: HostPlan,
 }
 
 impl Llama {
@@ -399,14 +395,15 @@ impl Llama {
             num_layers: cfg.num_layers,
             bos_token_id: cfg.bos_token_id,
             eos_token_ids: cfg.eos_token_ids.clone(),
+            kv_precision: store.kv_precision(),
         };
-        let host_decode = device.decodes_on_host()
-            && embed_tokens.is_host()
+        let all_host = embed_tokens.is_host()
             && lm_head.host().is_some()
             && layers
                 .iter()
                 .all(|l| l.self_attn.is_host() && matches!(&l.mlp, Ffn::Dense(m) if m.is_host()));
         Ok(Self {
+            host: HostPlan::new(device, all_host, cfg.layer_windows.clone()),
             cfg,
             info,
             embed_tokens,
@@ -415,84 +412,7 @@ impl Llama {
             lm_head,
             rope,
             device: device.clone(),
-            host_prefill: host_decode && device.prefills_on_host(),
-            host_decode,
-            kv_precision: store.kv_precision(),
         })
-    }
-
-    /// A forward pass of one sequence on the host: `ids` from position `cache.len()`, the
-    /// logits of the last token (`[vocab]`) or of every token (`[n, vocab]`). Every weight is
-    /// read by kiln's CPU kernels and everything between them runs on plain host vectors, no
-    /// tensor operation: a decode step (one id) costs one parallel pass per projection; a
-    /// prefill runs the projections as GEMMs and each token's attention over its prefix of the
-    /// host KV cache ([`Attention::forward_host_rows`]). `None`, before anything has run, where
-    /// a layer's sliding window would roll within a prompt's positions.
-    fn forward_on_host(
-        &self,
-        ids: &[u32],
-        cache: &mut KvCache,
-        which: LogitsFor,
-    ) -> Option<Vec<f32>> {
-        let (n, start, hidden) = (ids.len(), cache.len(), self.cfg.hidden_size);
-        // A prompt's positions are all appended before they are attended to (one token at a
-        // time, the window rolls as it goes).
-        let rolls = |w: &Option<usize>| w.is_some_and(|w| start + n > w);
-        if n == 0 || (n > 1 && self.cfg.layer_windows.iter().any(rolls)) {
-            return None;
-        }
-        let positions: Vec<usize> = (start..start + n).collect();
-        let (cos, sin) = self.rope.host_tables(&positions);
-        let mut x = Vec::with_capacity(n * hidden);
-        for &id in ids {
-            x.extend(self.embed_tokens.forward_host(id, &self.device));
-        }
-        let mut h = vec![0f32; x.len()];
-        if n == 1 {
-            // A decode step: every layer's buffers reused (see `DecodeScratch`).
-            let mut scratch = DecodeScratch::default();
-            let mut out = vec![0f32; hidden];
-            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
-            for (i, layer) in self.layers.iter().enumerate() {
-                h.copy_from_slice(&x);
-                layer.input_layernorm.forward_host(&mut h);
-                let cache = cache.layer_mut(i);
-                let attn = &layer.self_attn;
-                attn.forward_host_into(&h, start, rope, cache, &mut out, &mut scratch);
-                x.iter_mut().zip(&out).for_each(|(x, a)| *x += a);
-                h.copy_from_slice(&x);
-                layer.post_attention_layernorm.forward_host(&mut h);
-                match &layer.mlp {
-                    Ffn::Dense(m) => m.forward_host_into(&h, &mut out, &mut scratch),
-                    Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
-                }
-                x.iter_mut().zip(&out).for_each(|(x, m)| *x += m);
-            }
-            self.norm.forward_host(&mut x);
-            return Some(self.lm_head.forward_host(&x, 1));
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            h.copy_from_slice(&x);
-            layer.input_layernorm.forward_host(&mut h);
-            let rope = Some((&self.rope, cos.as_slice(), sin.as_slice()));
-            let attn = layer
-                .self_attn
-                .forward_host_rows(&h, n, start, rope, cache.layer_mut(i))?;
-            x.iter_mut().zip(&attn).for_each(|(x, a)| *x += a);
-            h.copy_from_slice(&x);
-            layer.post_attention_layernorm.forward_host(&mut h);
-            let mlp = match &layer.mlp {
-                Ffn::Dense(m) => m.forward_host_rows(&h, n),
-                Ffn::Moe(_) => unreachable!("host decoding is off for mixtures of experts"),
-            };
-            x.iter_mut().zip(&mlp).for_each(|(x, m)| *x += m);
-        }
-        let mut x = match which {
-            LogitsFor::Last => x.split_off((n - 1) * hidden),
-            LogitsFor::All => x,
-        };
-        self.norm.forward_host(&mut x);
-        Some(self.lm_head.forward_host(&x, x.len() / hidden))
     }
 
     /// The resolved configuration.
@@ -552,78 +472,45 @@ fn load_fused(
     ))
 }
 
+impl Forward for Llama {
+    fn forward<E: Exec>(&self, e: &mut E) -> Result<Tensor<2>> {
+        let mut x = e.embed(&self.embed_tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            e.tap_hidden(&x);
+            let h = e.rms_norm(&layer.input_layernorm, &x);
+            let a = e.attention(i, &layer.self_attn, Some(&self.rope), h)?;
+            x = e.add(x, a);
+            let h = e.rms_norm(&layer.post_attention_layernorm, &x);
+            let m = match &layer.mlp {
+                Ffn::Dense(m) => e.gated_mlp(m, h),
+                Ffn::Moe(m) => e.moe(m, h)?,
+            };
+            x = e.add(x, m);
+        }
+        e.logits(x, &self.norm, &self.lm_head, None)
+    }
+
+    fn host_plan(&self) -> &HostPlan {
+        &self.host
+    }
+
+    fn group(&self) -> usize {
+        self.cfg.attention.heads / self.cfg.attention.kv_heads
+    }
+}
+
 impl CausalLm for Llama {
     fn forward_tapped(
         &self,
         input: Input<'_>,
         cache: &mut KvCache,
         which: LogitsFor,
-        mut taps: Option<&mut Taps>,
+        taps: Option<&mut Taps>,
     ) -> Result<Tensor<2>> {
-        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
-        let host = if seq == 1 {
-            self.host_decode
-        } else {
-            self.host_prefill
-        };
-        if host && pads == [0] && taps.is_none() {
-            // On this thread: its passes run on kiln's team (`nn::team`), which it joins, and
-            // the switchable adapter chosen on it applies.
-            if let Some(logits) = self.forward_on_host(input.ids, cache, which) {
-                let vocab = self.info.vocab_size;
-                let n = logits.len() / vocab.max(1);
-                return Ok(Tensor::from_data(
-                    TensorData::new(logits, [n, vocab]),
-                    self.device.floats(),
-                ));
-            }
-        }
-        let start = cache.len();
-        let max_len = cache.max_len();
-        let group = self.cfg.attention.heads / self.cfg.attention.kv_heads;
-        let ctx =
-            AttentionContext::batched(Some(&self.rope), start, seq, pads, group, &self.device);
-        let mut x = self
-            .embed_tokens
-            .forward_rows(input.ids, rows, &self.device);
-        for (i, layer) in self.layers.iter().enumerate() {
-            Taps::hidden(&mut taps, &x);
-            let attn = Taps::attention(
-                &mut taps,
-                &layer.self_attn,
-                layer.input_layernorm.forward(x.clone()),
-                &ctx,
-                cache.layer_mut(i),
-                max_len,
-            );
-            x = x + attn;
-            let normed = layer.post_attention_layernorm.forward(x.clone());
-            let mlp = match &layer.mlp {
-                Ffn::Dense(m) => m.forward(normed),
-                Ffn::Moe(m) => m.forward(normed)?,
-            };
-            x = x + mlp;
-        }
-        if taps.as_ref().is_some_and(|t| t.hidden_states) {
-            Taps::hidden(&mut taps, &self.norm.forward(x.clone()));
-        }
-        Ok(head_logits(
-            x,
-            which,
-            |x| self.norm.forward(x),
-            &self.lm_head,
-        ))
+        crate::exec::run(self, input, cache, which, taps, &self.device)
     }
 
     fn info(&self) -> &LmInfo {
         &self.info
-    }
-
-    fn new_cache(&self) -> KvCache {
-        KvCache::with_precision(
-            self.info.num_layers,
-            self.info.max_context,
-            self.kv_precision,
-        )
     }
 }

@@ -85,7 +85,7 @@ pub trait CausalLm: Send + Sync + std::fmt::Debug {
     /// An empty cache sized for this model.
     fn new_cache(&self) -> KvCache {
         let info = self.info();
-        KvCache::new(info.num_layers, info.max_context)
+        KvCache::with_precision(info.num_layers, info.max_context, info.kv_precision)
     }
 }
 
@@ -147,6 +147,8 @@ pub struct LmInfo {
     pub bos_token_id: Option<u32>,
     /// `eos_token_id` from config.json.
     pub eos_token_ids: Vec<u32>,
+    /// How its caches keep keys and values on the host executor.
+    pub kv_precision: crate::nn::KvPrecision,
 }
 
 /// The common tail of a decoder: keep the last position if asked, final norm, output head.

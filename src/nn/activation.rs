@@ -39,10 +39,7 @@ impl Activation {
             Activation::Gelu => x.iter_mut().for_each(|v| {
                 *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))
             }),
-            Activation::GeluTanh => x.iter_mut().for_each(|v| {
-                let inner = (2.0f32 / std::f32::consts::PI).sqrt() * (*v + 0.044715 * *v * *v * *v);
-                *v = 0.5 * *v * (1.0 + inner.tanh());
-            }),
+            Activation::GeluTanh => crate::nn::host::gelu_tanh(x),
             Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         }
     }

@@ -925,6 +925,25 @@ pub(crate) fn silu(x: &mut [f32]) {
     x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp());
 }
 
+/// GELU in its tanh form (`gelu_pytorch_tanh`, `gelu_new`) in place: `0.5·x·(1 + tanh(u))`,
+/// `u = √(2/π)·(x + 0.044715·x³)`, computed as the equal `x / (1 + e^(−2u))`, 8 at a time
+/// through [`exp_shifted`]'s polynomial where the CPU has AVX2 and FMA (a scalar `tanh` a value
+/// made Gemma's prefill on the 135M shape ~40 % slower than Llama's).
+pub(crate) fn gelu_tanh(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the features were just detected.
+        return unsafe { x86::gelu_tanh_impl(x) };
+    }
+    x.iter_mut().for_each(|v| {
+        let u = GELU_C * (*v + 0.044715 * *v * *v * *v);
+        *v = 0.5 * *v * (1.0 + u.tanh());
+    });
+}
+
+/// √(2/π).
+const GELU_C: f32 = 0.797_884_6;
+
 /// `y += a·x` (AVX2/FMA where the CPU has them).
 pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -1610,6 +1629,41 @@ mod x86 {
         }
     }
 
+    /// [`super::gelu_tanh`]: `e^(−2u)` with `−2u` kept within [−87, 88] (below, the result is
+    /// `x`; above, 0); NaN stays NaN through `x`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_tanh_impl(x: &mut [f32]) {
+        let n = x.len();
+        let p = x.as_mut_ptr();
+        let one = _mm256_set1_ps(1.0);
+        let (lo, hi) = (_mm256_set1_ps(-87.0), _mm256_set1_ps(88.0));
+        let (c, k) = (
+            _mm256_set1_ps(-2.0 * super::GELU_C),
+            _mm256_set1_ps(0.044715),
+        );
+        let f = |v: __m256| {
+            // −2u = −2c·(v + k·v³)
+            let inner = _mm256_fmadd_ps(_mm256_mul_ps(k, _mm256_mul_ps(v, v)), v, v);
+            let z = _mm256_mul_ps(c, inner);
+            // Past e^88 the result is below |x|·1e-38: zero.
+            let gone = _mm256_cmp_ps::<_CMP_GE_OQ>(z, hi);
+            let z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
+            _mm256_andnot_ps(gone, _mm256_div_ps(v, _mm256_add_ps(one, exp8(z))))
+        };
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), f(_mm256_loadu_ps(p.add(i))));
+            i += 8;
+        }
+        if i < n {
+            let mut tail = [0f32; 8];
+            tail[..n - i].copy_from_slice(&x[i..]);
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), f(_mm256_loadu_ps(tail.as_ptr())));
+            x[i..].copy_from_slice(&out[..n - i]);
+        }
+    }
+
     /// [`super::axpy`].
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -2054,6 +2108,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_tanh_form() {
+        let mut x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.007).collect();
+        x.extend([
+            -1e30, -200.0, -20.0, -9.0, 9.0, 20.0, 200.0, 1e30, 0.0, -0.0, 1e-30,
+        ]);
+        let exact: Vec<f64> = x
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+                // 0.5·v·(1 + tanh u), written without its cancellation far below zero.
+                v / (1.0 + (-2.0 * u).exp())
+            })
+            .collect();
+        for len in [x.len(), 1, 7, 8, 9, 17] {
+            let mut y = x[..len].to_vec();
+            gelu_tanh(&mut y);
+            for ((v, y), e) in x.iter().zip(&y).zip(&exact) {
+                // A few ULP of the result, times the conditioning of e^(−2u) (f32's u alone
+                // carries |2u| ULP into it); below 1e-30 (x far below zero) any tiny value.
+                let u = 0.8 * (*v as f64 + 0.044715 * (*v as f64).powi(3));
+                let tol = 8.0 * f32::EPSILON as f64 * e.abs() * (1.0 + (2.0 * u).abs().min(200.0))
+                    + 1e-30;
+                let e = if e.is_nan() {
+                    v.signum() as f64 * 0.0
+                } else {
+                    *e
+                };
+                assert!(
+                    (*y as f64 - e).abs() <= tol,
+                    "gelu_tanh({v}) = {y}, exact {e}"
+                );
+            }
+        }
+        let mut nan = [f32::NAN; 9];
+        gelu_tanh(&mut nan);
+        assert!(nan.iter().all(|v| v.is_nan()));
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! The host executor: one sequence on kiln's CPU kernels and plain host vectors.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::exec::{logits_tensor, Exec};
+use crate::models::LogitsFor;
+use crate::nn::attention::DecodeScratch;
+use crate::nn::linear::host_f32;
+use crate::nn::{
+    Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
+};
+
+/// One forward pass of `ids` (one sequence, from position `cache.len()`) on the host (see
+/// [`crate::exec`]). Hidden states are `[n, hidden]` row-major vectors.
+pub(crate) struct HostExec<'a> {
+    ids: &'a [u32],
+    cache: &'a mut KvCache,
+    which: LogitsFor,
+    device: Device,
+    start: usize,
+    /// cos and sin of the pass's positions, one pair per rotary embedding the layers use
+    /// (keyed by its address).
+    tables: Vec<(usize, Vec<f32>, Vec<f32>)>,
+    /// A decode step's buffers, reused layer after layer.
+    scratch: DecodeScratch,
+    /// Hidden-state buffers given back by one operation for the next: a decode step allocates
+    /// none after its first layer.
+    free: Vec<Vec<f32>>,
+}
+
+impl<'a> HostExec<'a> {
+    pub(crate) fn new(
+        ids: &'a [u32],
+        cache: &'a mut KvCache,
+        which: LogitsFor,
+        device: &Device,
+    ) -> Self {
+        let start = cache.len();
+        Self {
+            ids,
+            cache,
+            which,
+            device: device.clone(),
+            start,
+            tables: Vec::new(),
+            scratch: DecodeScratch::default(),
+            free: Vec::new(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// A buffer of `len` values (contents unspecified).
+    fn buffer(&mut self, len: usize) -> Vec<f32> {
+        let mut b = self.free.pop().unwrap_or_default();
+        b.resize(len, 0.0);
+        b
+    }
+
+    fn give_back(&mut self, b: Vec<f32>) {
+        self.free.push(b);
+    }
+
+    fn table(&mut self, rope: &RotaryEmbedding) -> usize {
+        let key = rope as *const RotaryEmbedding as usize;
+        if let Some(i) = self.tables.iter().position(|t| t.0 == key) {
+            return i;
+        }
+        let positions: Vec<usize> = (self.start..self.start + self.n()).collect();
+        let (cos, sin) = rope.host_tables(&positions);
+        self.tables.push((key, cos, sin));
+        self.tables.len() - 1
+    }
+}
+
+impl Exec for HostExec<'_> {
+    type X = Vec<f32>;
+
+    fn embed(&mut self, table: &Embedding) -> Vec<f32> {
+        let mut x = Vec::new();
+        for &id in self.ids {
+            x.extend(table.forward_host(id, &self.device));
+        }
+        x
+    }
+
+    fn scale(&mut self, mut x: Vec<f32>, s: f32) -> Vec<f32> {
+        x.iter_mut().for_each(|v| *v *= s);
+        x
+    }
+
+    fn add(&mut self, mut x: Vec<f32>, y: Vec<f32>) -> Vec<f32> {
+        x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+        self.give_back(y);
+        x
+    }
+
+    fn rms_norm(&mut self, norm: &RmsNorm, x: &Vec<f32>) -> Vec<f32> {
+        let mut h = self.buffer(x.len());
+        h.copy_from_slice(x);
+        norm.forward_host(&mut h);
+        h
+    }
+
+    fn rms_norm_in_place(&mut self, norm: &RmsNorm, mut x: Vec<f32>) -> Vec<f32> {
+        norm.forward_host(&mut x);
+        x
+    }
+
+    fn attention(
+        &mut self,
+        layer: usize,
+        attn: &Attention,
+        rope: Option<&RotaryEmbedding>,
+        x: Vec<f32>,
+    ) -> Result<Vec<f32>> {
+        let t = rope.map(|r| self.table(r));
+        let (n, start) = (self.n(), self.start);
+        if n == 1 {
+            let mut out = self.buffer(x.len());
+            let rope = rope.zip(t).map(|(r, t)| {
+                let (_, cos, sin) = &self.tables[t];
+                (r, cos.as_slice(), sin.as_slice())
+            });
+            let cache = self.cache.layer_mut(layer);
+            attn.forward_host_into(&x, start, rope, cache, &mut out, &mut self.scratch);
+            self.give_back(x);
+            return Ok(out);
+        }
+        let rope = rope.zip(t).map(|(r, t)| {
+            let (_, cos, sin) = &self.tables[t];
+            (r, cos.as_slice(), sin.as_slice())
+        });
+        let out = attn
+            .forward_host_rows(&x, n, start, rope, self.cache.layer_mut(layer))
+            .ok_or_else(|| {
+                Error::Backend(format!(
+                    "layer {layer}: a prompt of {n} tokens from position {start} rolls its \
+                     sliding window on the host executor"
+                ))
+            })?;
+        self.give_back(x);
+        Ok(out)
+    }
+
+    fn gated_mlp(&mut self, mlp: &GatedMlp, x: Vec<f32>) -> Vec<f32> {
+        let out = if self.n() == 1 {
+            let mut out = self.buffer(x.len());
+            mlp.forward_host_into(&x, &mut out, &mut self.scratch);
+            out
+        } else {
+            mlp.forward_host_rows(&x, self.n())
+        };
+        self.give_back(x);
+        out
+    }
+
+    fn moe(&mut self, moe: &SparseMoe, x: Vec<f32>) -> Result<Vec<f32>> {
+        // The experts' rows through their tensors (no host routing of experts yet).
+        let n = self.n();
+        let hidden = x.len() / n.max(1);
+        let t = Tensor::<3>::from_data(TensorData::new(x, [1, n, hidden]), self.device.floats());
+        Ok(host_f32(moe.forward(t)?))
+    }
+
+    fn tap_hidden(&mut self, _x: &Vec<f32>) {}
+
+    fn logits(
+        &mut self,
+        mut x: Vec<f32>,
+        norm: &RmsNorm,
+        head: &Linear,
+        softcap: Option<f64>,
+    ) -> Result<Tensor<2>> {
+        let n = self.n();
+        let hidden = x.len() / n.max(1);
+        if self.which == LogitsFor::Last && n > 1 {
+            x = x.split_off((n - 1) * hidden);
+        }
+        norm.forward_host(&mut x);
+        let mut logits = head.forward_host(&x, x.len() / hidden.max(1));
+        if let Some(cap) = softcap {
+            let cap = cap as f32;
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+        Ok(logits_tensor(logits, head.d_out(), &self.device))
+    }
+}

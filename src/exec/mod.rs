@@ -1,0 +1,163 @@
+//! Executors: how a model's layers run.
+//!
+//! A model states its forward pass once, as calls on an [`Exec`] (embed, norm, attention, MLP,
+//! residual adds, the head), and never learns which executor runs it; an executor never learns
+//! which model it runs. Two exist:
+//!
+//! - [`TensorExec`]: burn's tensors, on any backend (GPU, and the reference on CPU): batches of
+//!   left-padded rows, taps (hidden states, attention weights), rolling windows in a prompt.
+//! - [`HostExec`]: kiln's CPU kernels on plain host vectors, one sequence: a decode step is one
+//!   parallel pass per projection, a prefill runs the projections as GEMMs and each token's
+//!   attention over its prefix of the host KV cache. No tensor operation per layer.
+//!
+//! [`run`] picks one per pass: the host executor where every weight the pass reads is a host
+//! weight ([`HostPlan`]) and the pass is one unpadded sequence without taps, whose prompt does
+//! not roll a sliding window; the tensor executor otherwise.
+
+mod host;
+mod tensor;
+
+pub(crate) use host::HostExec;
+pub(crate) use tensor::TensorExec;
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::device::Device;
+use crate::error::Result;
+use crate::models::{Input, LogitsFor, Taps};
+use crate::nn::{
+    Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
+};
+
+/// The operations a decoder's forward pass is written in. `X` is the pass's hidden states,
+/// `[rows, seq, hidden]`, in whatever form the executor keeps them.
+pub(crate) trait Exec {
+    /// Hidden states.
+    type X;
+
+    /// The pass's token embeddings.
+    fn embed(&mut self, table: &Embedding) -> Self::X;
+
+    /// `x · s`.
+    fn scale(&mut self, x: Self::X, s: f32) -> Self::X;
+
+    /// `x + y` (a residual connection).
+    fn add(&mut self, x: Self::X, y: Self::X) -> Self::X;
+
+    /// RMSNorm of `x` (`x` is kept for the residual).
+    fn rms_norm(&mut self, norm: &RmsNorm, x: &Self::X) -> Self::X;
+
+    /// RMSNorm of `x`, which is not needed any more.
+    fn rms_norm_in_place(&mut self, norm: &RmsNorm, x: Self::X) -> Self::X;
+
+    /// Self-attention of layer `layer` over its KV cache (which grows by the pass's tokens),
+    /// with `rope` (`None`: the model has no rotary positions).
+    fn attention(
+        &mut self,
+        layer: usize,
+        attn: &Attention,
+        rope: Option<&RotaryEmbedding>,
+        x: Self::X,
+    ) -> Result<Self::X>;
+
+    /// A gated MLP.
+    fn gated_mlp(&mut self, mlp: &GatedMlp, x: Self::X) -> Self::X;
+
+    /// A sparse mixture of experts.
+    fn moe(&mut self, moe: &SparseMoe, x: Self::X) -> Result<Self::X>;
+
+    /// Records `x` as the input of the next layer when the pass is tapped.
+    fn tap_hidden(&mut self, x: &Self::X);
+
+    /// The final norm and the output head over the positions the pass asks for, then
+    /// `cap · tanh(logits / cap)` when `softcap` is set.
+    ///
+    /// # Shapes
+    /// `[rows · n, vocab]`, `n = 1` for [`LogitsFor::Last`], `seq` for [`LogitsFor::All`]
+    fn logits(
+        &mut self,
+        x: Self::X,
+        norm: &RmsNorm,
+        head: &Linear,
+        softcap: Option<f64>,
+    ) -> Result<Tensor<2>>;
+}
+
+/// A model whose forward pass is written once over [`Exec`].
+pub(crate) trait Forward {
+    /// Runs the pass on `e`.
+    fn forward<E: Exec>(&self, e: &mut E) -> Result<Tensor<2>>;
+
+    /// When the host executor may run this model.
+    fn host_plan(&self) -> &HostPlan;
+
+    /// Query heads per key/value head (the tensor executor's masks stack a group's queries).
+    fn group(&self) -> usize;
+}
+
+/// When a model runs on the host executor, decided once at load.
+#[derive(Debug, Clone)]
+pub(crate) struct HostPlan {
+    /// Decode steps (one token of one sequence).
+    pub decode: bool,
+    /// Prefills (several tokens of one sequence).
+    pub prefill: bool,
+    /// Each layer's sliding window: a prompt that would roll one takes the tensor executor
+    /// (the host one appends a prompt's positions before attending to them).
+    pub windows: Vec<Option<usize>>,
+}
+
+impl HostPlan {
+    /// The plan on `device` for a model whose weights are all host weights (`all_host`).
+    pub fn new(device: &Device, all_host: bool, windows: Vec<Option<usize>>) -> Self {
+        let decode = all_host && device.decodes_on_host();
+        Self {
+            decode,
+            prefill: decode && device.prefills_on_host(),
+            windows,
+        }
+    }
+
+    fn applies(&self, input: &Input<'_>, start: usize, taps: bool) -> bool {
+        let n = input.seq();
+        if taps || input.pads != [0] || n == 0 {
+            return false;
+        }
+        if n == 1 {
+            return self.decode;
+        }
+        let rolls = |w: &Option<usize>| w.is_some_and(|w| start + n > w);
+        self.prefill && !self.windows.iter().any(rolls)
+    }
+}
+
+/// Runs one forward pass of `model` on the executor that fits it (see the module's docs).
+///
+/// # Shapes
+/// returns `[rows · n, vocab]` (see [`Exec::logits`])
+pub(crate) fn run<M: Forward>(
+    model: &M,
+    input: Input<'_>,
+    cache: &mut KvCache,
+    which: LogitsFor,
+    taps: Option<&mut Taps>,
+    device: &Device,
+) -> Result<Tensor<2>> {
+    if model
+        .host_plan()
+        .applies(&input, cache.len(), taps.is_some())
+    {
+        // On this thread: its passes run on kiln's team (`nn::team`), which it joins, and the
+        // switchable adapter chosen on it applies.
+        let mut e = HostExec::new(input.ids, cache, which, device);
+        return model.forward(&mut e);
+    }
+    let mut e = TensorExec::new(input, cache, which, taps, model.group(), device);
+    model.forward(&mut e)
+}
+
+/// Host logits `[n, vocab]` as a tensor on `device`.
+pub(crate) fn logits_tensor(logits: Vec<f32>, vocab: usize, device: &Device) -> Tensor<2> {
+    let n = logits.len() / vocab.max(1);
+    Tensor::from_data(TensorData::new(logits, [n, vocab]), device.floats())
+}
