@@ -18,7 +18,7 @@
 //!   advice), Q8 and Q4 (in huge-page-advised memory of their own); throughput in bytes of
 //!   weights read, to compare with `tools/membw.c`.
 //!
-//! `cargo bench --features ndarray,wgpu` (wgpu needs an adapter; lavapipe is software).
+//! `cargo bench` (wgpu needs an adapter; lavapipe is software).
 //! KILN_BENCH_DEVICES=flex,ndarray picks backends.
 
 use std::path::PathBuf;
