@@ -168,7 +168,7 @@ fn run(args: Args) -> kiln::Result<()> {
         "device": device.name(),
         "dtype": device.dtype().name(),
         "quantize": variants[0].quantize,
-        "bf16_activations": args.common.bf16_activations.as_deref().unwrap_or("split"),
+        "bf16_activations": args.common.bf16_activations.as_deref().unwrap_or(kiln::Bf16Activations::default().name()),
         "weights": args.common.weights.as_deref().unwrap_or("mapped"),
         "kv": variants[0].model.kv_precision().name(),
         "quantize_head": args.common.quantize_head.as_deref().unwrap_or("q8"),

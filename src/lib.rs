@@ -51,7 +51,7 @@ pub use generation::{
     CancelToken, FinishReason, GenerationConfig, GenerationStats, Generator, Score, ScoredToken,
     Token, TokenLogprobs, TopLogprob,
 };
-pub use loading::LoraAdapter;
+pub use loading::{LoadProgress, LoraAdapter};
 pub use model::{LoadOptions, Model, Trace, TraceOptions, WeightMemory};
 pub use nn::{Bf16Activations, KvPrecision, Quantization};
 pub use session::Session;

@@ -59,6 +59,8 @@ pub struct LoadOptions {
     pub bf16_activations: Bf16Activations,
     /// Where half-precision weights kept as stored on CPU devices live ([`WeightMemory`]).
     pub weight_memory: WeightMemory,
+    /// Called as the weights load ([`LoadOptions::progress`]).
+    pub progress: Option<crate::loading::ProgressCallback>,
     /// How KV caches keep keys and values on kiln's CPU path ([`KvPrecision`]); `None`: f16
     /// for quantized models, f32 otherwise.
     pub kv_precision: Option<KvPrecision>,
@@ -150,6 +152,17 @@ impl LoadOptions {
         self
     }
 
+    /// Calls `report` from the loading thread after each tensor is read (converted, mapped,
+    /// copied or quantized) and once at the end with `done_bytes == total_bytes`: for a progress
+    /// bar over loads that take seconds (quantization, resident copies, f32 conversion).
+    pub fn progress(
+        mut self,
+        report: impl Fn(crate::loading::LoadProgress) + Send + Sync + 'static,
+    ) -> Self {
+        self.progress = Some(crate::loading::ProgressCallback(Arc::new(report)));
+        self
+    }
+
     /// Chooses how prefill multiplies activations by bf16 weights on CPUs with AVX512-BF16
     /// ([`Bf16Activations`]): [`Bf16Activations::Split`] runs 1.5× as fast as the exact
     /// default with 16 significant bits of each activation; [`Bf16Activations::Rounded`] 3× by
@@ -214,6 +227,7 @@ impl Model {
         store.set_bf16_activations(options.bf16_activations);
         store.set_weight_memory(options.weight_memory);
         store.set_adapter(options.adapter.clone());
+        store.set_progress(options.progress.clone());
         let mut adapter_names: Vec<String> = Vec::new();
         for (name, _) in &options.switchable {
             if name.is_empty() || adapter_names.contains(name) {

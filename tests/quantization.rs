@@ -201,3 +201,37 @@ fn four_bit_head_stays_close_and_is_in_use() {
         "the head's quantization changed {changed} of {n} models"
     );
 }
+
+/// `LoadOptions::progress` reports after each tensor, never backwards, and ends with every
+/// byte of the file's tensors read (the file's size less its header), for a quantized load and
+/// a plain one.
+#[test]
+fn load_progress_counts_every_tensor_byte() {
+    use std::sync::{Arc, Mutex};
+    let (_, dir, _) = fixtures()
+        .into_iter()
+        .find(|f| f.0 == "llama-bf16")
+        .unwrap();
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let tensors = bytes.len() as u64 - header;
+    for options in [
+        LoadOptions::default().quantize(Quantization::Q8),
+        LoadOptions::default(),
+    ] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let options = options.progress(move |p| log.lock().unwrap().push(p));
+        Model::load_with(&dir, &Device::cpu(), options).unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() > 10, "{} reports", seen.len());
+        assert!(seen.windows(2).all(|w| w[0].done_bytes <= w[1].done_bytes));
+        assert!(seen
+            .iter()
+            .all(|p| p.total_bytes == tensors && p.done_bytes <= tensors));
+        assert_eq!(seen.last().unwrap().done_bytes, tensors);
+        // All but the final report come while tensors are read.
+        assert!(seen[seen.len() - 2].done_bytes > tensors / 2);
+    }
+}

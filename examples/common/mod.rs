@@ -267,7 +267,7 @@ impl CommonArgs {
         if let Some(dir) = &self.adapter {
             o = o.adapter_dir(dir)?;
         }
-        Ok(o)
+        Ok(o.progress(load_progress_bar()))
     }
 
     /// Loads --model on `device` with --quantize.
@@ -290,6 +290,38 @@ impl CommonArgs {
                 })
             })
             .transpose()
+    }
+}
+
+/// A load-progress callback that draws a bar on stderr once a load has taken a second (a
+/// mapped half-precision model is ready sooner and never shows one; quantization and f32
+/// conversion of a large model do). indicatif draws nothing when stderr is not a terminal.
+pub fn load_progress_bar() -> impl Fn(kiln::LoadProgress) + Send + Sync + 'static {
+    let start = std::time::Instant::now();
+    let bar: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+    move |p: kiln::LoadProgress| {
+        if p.done_bytes >= p.total_bytes {
+            if let Some(b) = bar.get() {
+                b.finish_and_clear();
+            }
+            return;
+        }
+        if bar.get().is_none() && start.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        let b = bar.get_or_init(|| {
+            let b = indicatif::ProgressBar::with_draw_target(
+                Some(p.total_bytes),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "loading {bar:40} {bytes}/{total_bytes} ({eta})",
+            ) {
+                b.set_style(style);
+            }
+            b
+        });
+        b.set_position(p.done_bytes);
     }
 }
 

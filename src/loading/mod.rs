@@ -11,4 +11,4 @@ pub mod weights;
 
 pub use adapter::{LoraAdapter, LoraDelta};
 pub use config::{read_json, GenerationDefaults};
-pub use weights::WeightStore;
+pub use weights::{LoadProgress, ProgressCallback, WeightStore};

@@ -34,6 +34,26 @@ struct Entry {
     end: usize,
 }
 
+/// How far a load has got ([`LoadOptions::progress`](crate::LoadOptions::progress)): bytes of
+/// the weight files' tensors read (converted, mapped, copied or quantized) so far, of all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// Bytes read so far.
+    pub done_bytes: u64,
+    /// Bytes of every tensor in the weight files.
+    pub total_bytes: u64,
+}
+
+/// A load-progress callback (shared, callable from the loading thread).
+#[derive(Clone)]
+pub struct ProgressCallback(pub(crate) Arc<dyn Fn(LoadProgress) + Send + Sync>);
+
+impl std::fmt::Debug for ProgressCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressCallback")
+    }
+}
+
 /// The tensors of a model folder, memory-mapped.
 pub struct WeightStore {
     root: PathBuf,
@@ -55,6 +75,8 @@ pub struct WeightStore {
     /// Where quantized weights are written (always: they are computed at load, and the arena's
     /// huge pages are what lets a decode step stream them at full speed).
     quant_arena: WeightArena,
+    progress: Option<ProgressCallback>,
+    done_bytes: u64,
 }
 
 impl WeightStore {
@@ -126,6 +148,8 @@ impl WeightStore {
             slots: Vec::new(),
             arena: None,
             quant_arena: WeightArena::default(),
+            progress: None,
+            done_bytes: 0,
         }
     }
 
@@ -310,7 +334,7 @@ impl WeightStore {
             _ => return Ok(None),
         };
         let (file, start) = self.checked_range(name, &[rows, cols])?;
-        self.taken.insert(name.to_string());
+        self.mark_taken(name);
         let map = &self.files[file].1;
         let copied = match (&mut self.arena, copy) {
             (Some(arena), true) => {
@@ -399,7 +423,7 @@ impl WeightStore {
         let map = &self.files[file].1;
         let mut out = convert_to_f32(&map[start..entry.end], entry.dtype, n);
         release(map, start, entry.end);
-        self.taken.insert(name.to_string());
+        self.mark_taken(name);
         if let Some(adapter) = self.adapter_for(name) {
             adapter.check_shape(name, expected)?;
             adapter.add_to(name, &mut out, expected.last().copied().unwrap_or(1));
@@ -460,7 +484,7 @@ impl WeightStore {
         }
         self.quant_arena = arena;
         release(map, first, end);
-        self.taken.insert(name.to_string());
+        self.mark_taken(name);
         Ok(m)
     }
 
@@ -525,12 +549,58 @@ impl WeightStore {
     /// Marks a tensor as deliberately unused (e.g. a tied `lm_head.weight` copy).
     pub fn skip(&mut self, name: &str) {
         if self.entries.contains_key(name) {
-            self.taken.insert(name.to_string());
+            self.mark_taken(name);
         }
     }
 
-    /// Fails if the files hold tensors the model never asked for.
+    /// Reports each load step to `progress` from here on.
+    pub fn set_progress(&mut self, progress: Option<ProgressCallback>) {
+        self.progress = progress;
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| (e.end - e.start) as u64)
+            .sum()
+    }
+
+    /// Records `name` as used, and its bytes as read.
+    fn mark_taken(&mut self, name: &str) {
+        if !self.taken.insert(name.to_string()) {
+            return;
+        }
+        if self.progress.is_none() {
+            return;
+        }
+        self.done_bytes += self
+            .entries
+            .get(name)
+            .map_or(0, |e| (e.end - e.start) as u64);
+        let total = self.total_bytes();
+        if let Some(p) = &self.progress {
+            (p.0)(LoadProgress {
+                done_bytes: self.done_bytes.min(total),
+                total_bytes: total,
+            });
+        }
+    }
+
+    /// Fails if the files hold tensors the model never asked for; reports the load complete
+    /// otherwise.
     pub fn finish(self) -> Result<()> {
+        self.check_all_used()?;
+        if let Some(p) = &self.progress {
+            let total = self.total_bytes();
+            (p.0)(LoadProgress {
+                done_bytes: total,
+                total_bytes: total,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_all_used(&self) -> Result<()> {
         let merged = self.adapter.as_ref().map(|a| (a, &self.adapted));
         for (adapter, used) in merged
             .into_iter()
@@ -568,7 +638,7 @@ impl WeightStore {
             names.push(format!("and {} more", count - 5));
         }
         Err(Error::UnexpectedTensors {
-            path: self.root,
+            path: self.root.clone(),
             names: names.join(", "),
         })
     }
