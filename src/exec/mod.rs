@@ -24,7 +24,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::models::{Input, LogitsFor, Taps};
+use crate::models::{CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
     Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
 };
@@ -93,6 +93,29 @@ pub(crate) trait Forward {
 
     /// Query heads per key/value head (the tensor executor's masks stack a group's queries).
     fn group(&self) -> usize;
+
+    /// What the model reports about itself.
+    fn lm_info(&self) -> &LmInfo;
+
+    /// The device its weights live on.
+    fn device(&self) -> &Device;
+}
+
+/// Every model written over [`Exec`] is a [`CausalLm`]: each pass goes through [`run`].
+impl<M: Forward + Send + Sync + std::fmt::Debug> CausalLm for M {
+    fn forward_tapped(
+        &self,
+        input: Input<'_>,
+        cache: &mut KvCache,
+        which: LogitsFor,
+        taps: Option<&mut Taps>,
+    ) -> Result<Tensor<2>> {
+        run(self, input, cache, which, taps, self.device())
+    }
+
+    fn info(&self) -> &LmInfo {
+        self.lm_info()
+    }
 }
 
 /// When a model runs on the host executor, decided once at load.

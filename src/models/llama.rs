@@ -36,10 +36,10 @@ use crate::exec::{Exec, Forward, HostPlan};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{CausalLm, Input, LmInfo, LogitsFor, Taps};
+use crate::models::LmInfo;
 use crate::nn::{
-    Activation, Attention, AttentionConfig, Embedding, GatedMlp, KvCache, Linear, RmsNorm,
-    RopeScaling, RotaryEmbedding, SparseMoe,
+    Activation, Attention, AttentionConfig, Embedding, GatedMlp, Linear, RmsNorm, RopeScaling,
+    RotaryEmbedding, SparseMoe,
 };
 
 /// `config.json` as written by transformers (field names kept).
@@ -497,20 +497,12 @@ impl Forward for Llama {
     fn group(&self) -> usize {
         self.cfg.attention.heads / self.cfg.attention.kv_heads
     }
-}
 
-impl CausalLm for Llama {
-    fn forward_tapped(
-        &self,
-        input: Input<'_>,
-        cache: &mut KvCache,
-        which: LogitsFor,
-        taps: Option<&mut Taps>,
-    ) -> Result<Tensor<2>> {
-        crate::exec::run(self, input, cache, which, taps, &self.device)
+    fn lm_info(&self) -> &LmInfo {
+        &self.info
     }
 
-    fn info(&self) -> &LmInfo {
-        &self.info
+    fn device(&self) -> &Device {
+        &self.device
     }
 }

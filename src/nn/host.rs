@@ -1602,19 +1602,12 @@ mod x86 {
         sum
     }
 
-    /// [`super::silu`], with `x` raised to -88 first (e^88 < f32::MAX): below it the result is
-    /// -88 / e^88 ≈ -5e-37 instead of a smaller negative number.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn silu_impl(x: &mut [f32]) {
+    /// `f` over `x` in place, 8 values a vector, the tail through a zero-padded vector. Inlined
+    /// into its callers, whose target features its intrinsics then run with.
+    #[inline(always)]
+    unsafe fn map8(x: &mut [f32], f: impl Fn(__m256) -> __m256) {
         let n = x.len();
         let p = x.as_mut_ptr();
-        let (one, floor) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-88.0));
-        let f = |v: __m256| {
-            // NaN stays NaN: max takes its second operand when one is NaN.
-            let v = _mm256_max_ps(floor, v);
-            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
-            _mm256_div_ps(v, _mm256_add_ps(one, e))
-        };
         let mut i = 0;
         while i + 8 <= n {
             _mm256_storeu_ps(p.add(i), f(_mm256_loadu_ps(p.add(i))));
@@ -1629,12 +1622,24 @@ mod x86 {
         }
     }
 
+    /// [`super::silu`], with `x` raised to -88 first (e^88 < f32::MAX): below it the result is
+    /// -88 / e^88 ≈ -5e-37 instead of a smaller negative number.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn silu_impl(x: &mut [f32]) {
+        let (one, floor) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-88.0));
+        let f = |v: __m256| {
+            // NaN stays NaN: max takes its second operand when one is NaN.
+            let v = _mm256_max_ps(floor, v);
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+            _mm256_div_ps(v, _mm256_add_ps(one, e))
+        };
+        map8(x, f);
+    }
+
     /// [`super::gelu_tanh`]: `e^(−2u)` with `−2u` kept within [−87, 88] (below, the result is
     /// `x`; above, 0); NaN stays NaN through `x`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn gelu_tanh_impl(x: &mut [f32]) {
-        let n = x.len();
-        let p = x.as_mut_ptr();
         let one = _mm256_set1_ps(1.0);
         let (lo, hi) = (_mm256_set1_ps(-87.0), _mm256_set1_ps(88.0));
         let (c, k) = (
@@ -1650,18 +1655,7 @@ mod x86 {
             let z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
             _mm256_andnot_ps(gone, _mm256_div_ps(v, _mm256_add_ps(one, exp8(z))))
         };
-        let mut i = 0;
-        while i + 8 <= n {
-            _mm256_storeu_ps(p.add(i), f(_mm256_loadu_ps(p.add(i))));
-            i += 8;
-        }
-        if i < n {
-            let mut tail = [0f32; 8];
-            tail[..n - i].copy_from_slice(&x[i..]);
-            let mut out = [0f32; 8];
-            _mm256_storeu_ps(out.as_mut_ptr(), f(_mm256_loadu_ps(tail.as_ptr())));
-            x[i..].copy_from_slice(&out[..n - i]);
-        }
+        map8(x, f);
     }
 
     /// [`super::axpy`].
