@@ -239,3 +239,18 @@ fn batched_rows_equal_single_sequences() {
         Ok(0.0)
     });
 }
+
+/// Every family written over the executors runs its bf16 fixture on kiln's host executor on a
+/// CPU device (so the checks above cover that path): all but GPT-2, whose Conv1D weights are
+/// still burn tensors.
+#[test]
+fn bf16_fixtures_run_on_the_host_executor() {
+    for (name, dir, _) in large_fixtures() {
+        if !name.ends_with("-bf16") {
+            continue;
+        }
+        let model = Model::load(&dir, &Device::cpu()).unwrap();
+        let host = format!("{model:?}").contains("HostPlan { decode: true, prefill: true");
+        assert_eq!(host, !name.starts_with("gpt2"), "{name}");
+    }
+}

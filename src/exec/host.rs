@@ -1,13 +1,12 @@
 //! The host executor: one sequence on kiln's CPU kernels and plain host vectors.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::exec::{logits_tensor, Exec};
 use crate::models::LogitsFor;
 use crate::nn::attention::DecodeScratch;
-use crate::nn::linear::host_f32;
 use crate::nn::{
     Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
 };
@@ -160,11 +159,9 @@ impl Exec for HostExec<'_> {
     }
 
     fn moe(&mut self, moe: &SparseMoe, x: Vec<f32>) -> Result<Vec<f32>> {
-        // The experts' rows through their tensors (no host routing of experts yet).
-        let n = self.n();
-        let hidden = x.len() / n.max(1);
-        let t = Tensor::<3>::from_data(TensorData::new(x, [1, n, hidden]), self.device.floats());
-        Ok(host_f32(moe.forward(t)?))
+        let out = moe.forward_host_rows(&x, self.n());
+        self.give_back(x);
+        Ok(out)
     }
 
     fn tap_hidden(&mut self, _x: &Vec<f32>) {}

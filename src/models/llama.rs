@@ -399,9 +399,13 @@ impl Llama {
         };
         let all_host = embed_tokens.is_host()
             && lm_head.host().is_some()
-            && layers
-                .iter()
-                .all(|l| l.self_attn.is_host() && matches!(&l.mlp, Ffn::Dense(m) if m.is_host()));
+            && layers.iter().all(|l| {
+                l.self_attn.is_host()
+                    && match &l.mlp {
+                        Ffn::Dense(m) => m.is_host(),
+                        Ffn::Moe(m) => m.is_host(),
+                    }
+            });
         Ok(Self {
             host: HostPlan::new(device, all_host, cfg.layer_windows.clone()),
             cfg,

@@ -81,14 +81,11 @@ impl SparseMoe {
         })
     }
 
-    /// # Shapes
-    /// `x: [1, seq, hidden]` → same
-    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
-        let [b, seq, hidden] = x.dims();
+    /// Per expert, the tokens routed to it and their weights, from the router's logits
+    /// (`[tokens, experts]`).
+    fn route(&self, logits: &[f32]) -> Vec<(Vec<usize>, Vec<f32>)> {
         let n_exp = self.experts.len();
-        let logits = to_vec(self.gate.forward(x.clone()))?;
-        // Per expert: the tokens routed to it and their weights.
-        let mut routed: Vec<(Vec<i64>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_exp];
+        let mut routed: Vec<(Vec<usize>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); n_exp];
         for (t, row) in logits.chunks(n_exp).enumerate() {
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let exp: Vec<f32> = row.iter().map(|l| (l - max).exp()).collect();
@@ -99,12 +96,49 @@ impl SparseMoe {
             let total: f32 = chosen.iter().map(|&e| exp[e] / sum).sum();
             for &e in chosen {
                 let p = exp[e] / sum;
-                routed[e].0.push(t as i64);
+                routed[e].0.push(t);
                 routed[e]
                     .1
                     .push(if self.renormalize { p / total } else { p });
             }
         }
+        routed
+    }
+
+    /// [`SparseMoe::forward`] for `n` rows on the host (`[n, hidden]` → `[n, hidden]`): the
+    /// router's GEMV/GEMM, then each chosen expert's projections over its own tokens only (an
+    /// expert no token chose is not read).
+    pub fn forward_host_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let hidden = x.len() / n.max(1);
+        let logits = self.gate.forward_host(x, n);
+        let mut out = vec![0f32; x.len()];
+        for (expert, (tokens, weights)) in self.experts.iter().zip(self.route(&logits)) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let xs: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&t| x[t * hidden..(t + 1) * hidden].iter().copied())
+                .collect();
+            let ys = expert.forward_host_rows(&xs, tokens.len());
+            for ((&t, w), y) in tokens.iter().zip(weights).zip(ys.chunks_exact(hidden)) {
+                crate::nn::host::axpy(&mut out[t * hidden..(t + 1) * hidden], w, y);
+            }
+        }
+        out
+    }
+
+    /// Whether the router and every expert keep their weights on the host.
+    pub fn is_host(&self) -> bool {
+        self.gate.host().is_some() && self.experts.iter().all(GatedMlp::is_host)
+    }
+
+    /// # Shapes
+    /// `x: [1, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        let [b, seq, hidden] = x.dims();
+        let logits = to_vec(self.gate.forward(x.clone()))?;
+        let routed = self.route(&logits);
         let device = x.device();
         let flat = x.reshape([b * seq, hidden]);
         let mut out = Tensor::<2>::zeros([b * seq, hidden], (&device, flat.dtype()));
@@ -113,6 +147,7 @@ impl SparseMoe {
                 continue;
             }
             let n = tokens.len();
+            let tokens: Vec<i64> = tokens.into_iter().map(|t| t as i64).collect();
             let idx = Tensor::<1, Int>::from_data(TensorData::new(tokens, [n]), &device);
             let w =
                 Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), (&device, flat.dtype()));
