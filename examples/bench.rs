@@ -41,6 +41,11 @@ struct Args {
     /// read_gb_per_s.
     #[arg(long)]
     read_bandwidth: bool,
+    /// Also decode N copies of the prompt as one batch (`Model::generate_batch_ids`) and report
+    /// their aggregate decode rate as batch_decode_tokens_per_s (N·(G−1) tokens over the time a
+    /// G-token batch takes beyond a 1-token one).
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
 }
 
 /// One load of the model being measured.
@@ -192,6 +197,33 @@ fn run(args: Args) -> kiln::Result<()> {
     }
     if let Some(p) = &probe {
         out["read_gb_per_s"] = p.gb_per_s().into();
+    }
+    if let Some(n) = args.batch {
+        if n == 0 || args.gen < 2 {
+            return Err(kiln::Error::InvalidArgument {
+                name: "--batch".into(),
+                message: "needs at least 1 row and --gen 2 or more".into(),
+            });
+        }
+        let prompts = vec![ids.clone(); n];
+        let model = &variants[0].model;
+        let time = |gen: usize| -> kiln::Result<f64> {
+            let cfg = GenerationConfig::default()
+                .max_new_tokens(gen)
+                .ignore_eos(true);
+            let t0 = Instant::now();
+            model.generate_batch_ids(&prompts, &cfg)?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        time(args.gen)?; // warm-up
+        let (mut full, mut first) = (0f64, 0f64);
+        for _ in 0..args.runs {
+            full = time(args.gen)?;
+            first = time(1)?;
+        }
+        out["batch"] = n.into();
+        out["batch_decode_tokens_per_s"] =
+            ((n * (args.gen - 1)) as f64 / (full - first).max(1e-9)).into();
     }
     if args.common.json {
         common::outln(format!("{out}"));
