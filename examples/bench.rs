@@ -67,6 +67,12 @@ fn run(args: Args) -> kiln::Result<()> {
             message: "must be at least 1".into(),
         });
     }
+    if args.batch.is_some_and(|n| n == 0 || args.gen < 2) {
+        return Err(kiln::Error::InvalidArgument {
+            name: "--batch".into(),
+            message: "needs at least 1 row and --gen 2 or more".into(),
+        });
+    }
     let names = if args.interleave.is_empty() {
         vec![args
             .common
@@ -199,12 +205,6 @@ fn run(args: Args) -> kiln::Result<()> {
         out["read_gb_per_s"] = p.gb_per_s().into();
     }
     if let Some(n) = args.batch {
-        if n == 0 || args.gen < 2 {
-            return Err(kiln::Error::InvalidArgument {
-                name: "--batch".into(),
-                message: "needs at least 1 row and --gen 2 or more".into(),
-            });
-        }
         let prompts = vec![ids.clone(); n];
         let model = &variants[0].model;
         let time = |gen: usize| -> kiln::Result<f64> {

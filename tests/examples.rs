@@ -638,6 +638,8 @@ fn bench_interleaves_quantizations() {
             "--interleave",
             "none,q8,q4",
             "--read-bandwidth",
+            "--batch",
+            "2",
             "--prompt-len",
             "5",
             "--gen",
@@ -667,6 +669,12 @@ fn bench_interleaves_quantizations() {
     assert_eq!(v["decode_tokens_per_s"], variants[0]["decode_tokens_per_s"]);
     assert_eq!(v["gen"], 3);
     assert!(v["read_gb_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["batch"], 2);
+    assert!(
+        v["batch_decode_tokens_per_s"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert_eq!(v["bf16_activations"], "exact");
 
     for (args, needle) in [
         (&["--interleave", "none,q3"][..], "q3"),
@@ -675,6 +683,9 @@ fn bench_interleaves_quantizations() {
             "--interleave",
         ),
         (&["--kv", "f8"][..], "--kv"),
+        (&["--batch", "0"][..], "--batch"),
+        (&["--cpu-paths", "gpu"][..], "--cpu-paths"),
+        (&["--bf16-activations", "half"][..], "--bf16-activations"),
         (
             &["--quantize", "q4", "--quantize-head", "q2"][..],
             "--quantize-head",
