@@ -144,3 +144,73 @@ impl Model {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::Logits;
+    use crate::{CpuPaths, Device, Model};
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A left-padded batch on kiln's host executor against the same batch through burn's
+    /// tensors (the reference path): every row's logits, after the prompts and after each of
+    /// three decode steps, within the large-logit suite's tolerance.
+    #[test]
+    fn host_batches_match_the_tensor_executor() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/large");
+        for name in [
+            "llama-bf16",
+            "mistral-bf16",
+            "mixtral-bf16",
+            "qwen3-bf16",
+            "gemma2-bf16",
+        ] {
+            let dir = root.join(name);
+            let host = Model::load(&dir, &Device::cpu()).unwrap();
+            let tensor =
+                Model::load(&dir, &Device::cpu().with_cpu_paths(CpuPaths::Tensor)).unwrap();
+            let prompt = host
+                .encode("The quick brown fox jumps over the lazy dog")
+                .unwrap();
+            let lens = [2, prompt.len(), 5];
+            let longest = prompt.len();
+            let pads: Vec<usize> = lens.iter().map(|l| longest - l).collect();
+            let rows: Vec<Vec<u32>> = lens
+                .iter()
+                .zip(&pads)
+                .map(|(&l, &pad)| {
+                    std::iter::repeat_n(prompt[0], pad)
+                        .chain(prompt[..l].iter().copied())
+                        .collect()
+                })
+                .collect();
+            let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+            let run = |m: &Model| -> Vec<Vec<f32>> {
+                let mut cache = m.lm().new_cache();
+                let mut steps = vec![m.feed_rows(&rows, &pads, &mut cache).unwrap()];
+                for step in 0..3u32 {
+                    let ids: Vec<u32> = (0..3).map(|r| 10 + 7 * r + step).collect();
+                    let out = m.feed_rows(&[&ids[..1], &ids[1..2], &ids[2..]], &pads, &mut cache);
+                    steps.push(out.unwrap());
+                }
+                steps
+                    .into_iter()
+                    .map(|l: Logits| l.into_vec().unwrap())
+                    .collect()
+            };
+            let (h, t) = (run(&host), run(&tensor));
+            for (step, (h, t)) in h.iter().zip(&t).enumerate() {
+                assert_eq!(h.len(), 3 * host.vocab_size(), "{name} step {step}");
+                let scale = t.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let tol = (2e-5 * scale).max(1e-4);
+                let d = max_diff(h, t);
+                assert!(d <= tol, "{name} step {step}: {d} > {tol}");
+            }
+        }
+    }
+}

@@ -1,26 +1,27 @@
-//! The host executor: one sequence on kiln's CPU kernels and plain host vectors.
+//! The host executor: kiln's CPU kernels on plain host vectors, for one sequence or a
+//! left-padded batch.
 
 use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::exec::{logits_tensor, Exec};
-use crate::models::LogitsFor;
-use crate::nn::attention::DecodeScratch;
+use crate::models::{Input, LogitsFor};
+use crate::nn::attention::{positions, DecodeScratch};
 use crate::nn::{
     Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
 };
 
-/// One forward pass of `ids` (one sequence, from position `cache.len()`) on the host (see
-/// [`crate::exec`]). Hidden states are `[n, hidden]` row-major vectors.
+/// One forward pass of `input` (from cache slot `cache.len()`) on the host (see
+/// [`crate::exec`]). Hidden states are `[rows · seq, hidden]` row-major vectors.
 pub(crate) struct HostExec<'a> {
-    ids: &'a [u32],
+    input: Input<'a>,
     cache: &'a mut KvCache,
     which: LogitsFor,
     device: Device,
     start: usize,
-    /// cos and sin of the pass's positions, one pair per rotary embedding the layers use
-    /// (keyed by its address).
+    /// cos and sin of the pass's positions (row by row), one pair per rotary embedding the
+    /// layers use (keyed by its address).
     tables: Vec<(usize, Vec<f32>, Vec<f32>)>,
     /// A decode step's buffers, reused layer after layer.
     scratch: DecodeScratch,
@@ -31,14 +32,14 @@ pub(crate) struct HostExec<'a> {
 
 impl<'a> HostExec<'a> {
     pub(crate) fn new(
-        ids: &'a [u32],
+        input: Input<'a>,
         cache: &'a mut KvCache,
         which: LogitsFor,
         device: &Device,
     ) -> Self {
         let start = cache.len();
         Self {
-            ids,
+            input,
             cache,
             which,
             device: device.clone(),
@@ -49,8 +50,14 @@ impl<'a> HostExec<'a> {
         }
     }
 
+    /// Token rows of the pass (every row's new tokens).
     fn n(&self) -> usize {
-        self.ids.len()
+        self.input.ids.len()
+    }
+
+    /// One token of one unpadded sequence: a decode step's kernels.
+    fn one_token(&self) -> bool {
+        self.n() == 1 && self.input.pads == [0]
     }
 
     /// A buffer of `len` values (contents unspecified).
@@ -69,8 +76,8 @@ impl<'a> HostExec<'a> {
         if let Some(i) = self.tables.iter().position(|t| t.0 == key) {
             return i;
         }
-        let positions: Vec<usize> = (self.start..self.start + self.n()).collect();
-        let (cos, sin) = rope.host_tables(&positions);
+        let (seq, pads) = (self.input.seq(), self.input.pads);
+        let (cos, sin) = rope.host_tables(&positions(self.start, seq, pads));
         self.tables.push((key, cos, sin));
         self.tables.len() - 1
     }
@@ -81,7 +88,7 @@ impl Exec for HostExec<'_> {
 
     fn embed(&mut self, table: &Embedding) -> Vec<f32> {
         let mut x = Vec::new();
-        for &id in self.ids {
+        for &id in self.input.ids {
             x.extend(table.forward_host(id, &self.device));
         }
         x
@@ -118,8 +125,8 @@ impl Exec for HostExec<'_> {
         x: Vec<f32>,
     ) -> Result<Vec<f32>> {
         let t = rope.map(|r| self.table(r));
-        let (n, start) = (self.n(), self.start);
-        if n == 1 {
+        let start = self.start;
+        if self.one_token() {
             let mut out = self.buffer(x.len());
             let rope = rope.zip(t).map(|(r, t)| {
                 let (_, cos, sin) = &self.tables[t];
@@ -134,8 +141,10 @@ impl Exec for HostExec<'_> {
             let (_, cos, sin) = &self.tables[t];
             (r, cos.as_slice(), sin.as_slice())
         });
+        let (rows, n, pads) = (self.input.rows(), self.input.seq(), self.input.pads);
+        let cache = self.cache.layer_mut(layer);
         let out = attn
-            .forward_host_rows(&x, n, start, rope, self.cache.layer_mut(layer))
+            .forward_host_batch(&x, [rows, n], start, pads, rope, cache)
             .ok_or_else(|| {
                 Error::Backend(format!(
                     "layer {layer}: a prompt of {n} tokens from position {start} rolls its \
@@ -147,7 +156,7 @@ impl Exec for HostExec<'_> {
     }
 
     fn gated_mlp(&mut self, mlp: &GatedMlp, x: Vec<f32>) -> Vec<f32> {
-        let out = if self.n() == 1 {
+        let out = if self.one_token() {
             let mut out = self.buffer(x.len());
             mlp.forward_host_into(&x, &mut out, &mut self.scratch);
             out
@@ -173,10 +182,14 @@ impl Exec for HostExec<'_> {
         head: &Linear,
         softcap: Option<f64>,
     ) -> Result<Tensor<2>> {
-        let n = self.n();
-        let hidden = x.len() / n.max(1);
+        let (rows, n) = (self.input.rows(), self.input.seq());
+        let hidden = x.len() / (rows * n).max(1);
         if self.which == LogitsFor::Last && n > 1 {
-            x = x.split_off((n - 1) * hidden);
+            // Each row's last token.
+            x = (0..rows)
+                .flat_map(|r| &x[((r + 1) * n - 1) * hidden..(r + 1) * n * hidden])
+                .copied()
+                .collect();
         }
         norm.forward_host(&mut x);
         let mut logits = head.forward_host(&x, x.len() / hidden.max(1));

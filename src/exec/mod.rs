@@ -6,13 +6,15 @@
 //!
 //! - [`TensorExec`]: burn's tensors, on any backend (GPU, and the reference on CPU): batches of
 //!   left-padded rows, taps (hidden states, attention weights), rolling windows in a prompt.
-//! - [`HostExec`]: kiln's CPU kernels on plain host vectors, one sequence: a decode step is one
-//!   parallel pass per projection, a prefill runs the projections as GEMMs and each token's
-//!   attention over its prefix of the host KV cache. No tensor operation per layer.
+//! - [`HostExec`]: kiln's CPU kernels on plain host vectors: one sequence's decode step is one
+//!   parallel pass per projection; a prefill, or a decode step of a left-padded batch, runs the
+//!   projections as GEMMs over every row (each weight read once for all of them) and each
+//!   token's attention over its row's prefix of the host KV cache. No tensor operation per
+//!   layer.
 //!
 //! [`run`] picks one per pass: the host executor where every weight the pass reads is a host
-//! weight ([`HostPlan`]) and the pass is one unpadded sequence without taps, whose prompt does
-//! not roll a sliding window; the tensor executor otherwise.
+//! weight ([`HostPlan`]) and the pass has no taps and no prompt that rolls a sliding window;
+//! the tensor executor otherwise.
 
 mod host;
 mod tensor;
@@ -121,9 +123,9 @@ impl<M: Forward + Send + Sync + std::fmt::Debug> CausalLm for M {
 /// When a model runs on the host executor, decided once at load.
 #[derive(Debug, Clone)]
 pub(crate) struct HostPlan {
-    /// Decode steps (one token of one sequence).
+    /// Decode steps (one token of each row).
     pub decode: bool,
-    /// Prefills (several tokens of one sequence).
+    /// Prefills (several tokens of each row).
     pub prefill: bool,
     /// Each layer's sliding window: a prompt that would roll one takes the tensor executor
     /// (the host one appends a prompt's positions before attending to them).
@@ -143,7 +145,7 @@ impl HostPlan {
 
     fn applies(&self, input: &Input<'_>, start: usize, taps: bool) -> bool {
         let n = input.seq();
-        if taps || input.pads != [0] || n == 0 {
+        if taps || n == 0 {
             return false;
         }
         if n == 1 {
@@ -172,7 +174,7 @@ pub(crate) fn run<M: Forward>(
     {
         // On this thread: its passes run on kiln's team (`nn::team`), which it joins, and the
         // switchable adapter chosen on it applies.
-        let mut e = HostExec::new(input.ids, cache, which, device);
+        let mut e = HostExec::new(input, cache, which, device);
         return model.forward(&mut e);
     }
     let mut e = TensorExec::new(input, cache, which, taps, model.group(), device);

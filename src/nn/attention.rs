@@ -185,7 +185,9 @@ impl AttentionContext {
     }
 }
 
-fn positions(start: usize, seq: usize, pads: &[usize]) -> Vec<usize> {
+/// The position of each token of `seq` at slots `start..` of each row padded by `pads` (0 for
+/// padding), row by row.
+pub(crate) fn positions(start: usize, seq: usize, pads: &[usize]) -> Vec<usize> {
     pads.iter()
         .flat_map(|&pad| (start..start + seq).map(move |s| s.saturating_sub(pad)))
         .collect()
@@ -410,7 +412,7 @@ impl Attention {
         }
         let kv = cache.append_host(k, v, kv_heads, window);
         heads.resize(qw, 0.0);
-        self.attend_host_into(q, &kv, pos, true, heads, parts);
+        self.attend_host_into(q, &kv, [pos, 0], true, heads, parts);
         Linear::forward_host_many_into(&[&self.o_proj], heads, out, gemv);
     }
 
@@ -429,6 +431,26 @@ impl Attention {
         rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
         cache: &mut LayerCache,
     ) -> Option<Vec<f32>> {
+        if n == 1 {
+            return Some(self.forward_host(x, start, rope, cache));
+        }
+        self.forward_host_batch(x, [1, n], start, &[0], rope, cache)
+    }
+
+    /// [`Attention::forward_host_rows`] for a left-padded batch (as [`AttentionContext`] lays
+    /// one out): `n` tokens of each of `pads.len()` rows at cache slots `start..start + n`,
+    /// `x: [rows, n, hidden]` → `[rows, n, hidden]`, `rope` the tables of each row's positions
+    /// in the same order. The projections run as GEMMs over every row (each weight read once
+    /// for the whole batch), then every (row, token) attends in parallel over its row's cache.
+    pub(crate) fn forward_host_batch(
+        &self,
+        x: &[f32],
+        [rows, n]: [usize; 2],
+        start: usize,
+        pads: &[usize],
+        rope: Option<(&RotaryEmbedding, &[f32], &[f32])>,
+        cache: &mut LayerCache,
+    ) -> Option<Vec<f32>> {
         let AttentionConfig {
             heads,
             kv_heads,
@@ -436,57 +458,57 @@ impl Attention {
             window,
             ..
         } = self.cfg;
-        if n == 1 {
-            return Some(self.forward_host(x, start, rope, cache));
-        }
         // Positions are appended first and then attended to: a window must keep them all.
-        if window.is_some_and(|w| start + n > w) {
+        if n > 1 && window.is_some_and(|w| start + n > w) {
             return None;
         }
-        let mut q = self.q_proj.forward_host(x, n);
-        let mut k = self.k_proj.forward_host(x, n);
-        let v = self.v_proj.forward_host(x, n);
+        let m = rows * n;
+        let mut q = self.q_proj.forward_host(x, m);
+        let mut k = self.k_proj.forward_host(x, m);
+        let v = self.v_proj.forward_host(x, m);
         if let Some((qn, kn)) = &self.qk_norm {
             qn.forward_host(&mut q);
             kn.forward_host(&mut k);
         }
         let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
         if let Some((rope, cos, sin)) = rope {
-            let r = cos.len() / n.max(1);
-            for i in 0..n {
+            let r = cos.len() / m.max(1);
+            for i in 0..m {
                 let (c, s) = (&cos[i * r..(i + 1) * r], &sin[i * r..(i + 1) * r]);
                 rope.apply_host(&mut q[i * qw..(i + 1) * qw], c, s);
                 rope.apply_host(&mut k[i * kw..(i + 1) * kw], c, s);
             }
         }
-        cache.append_host_rows(&k, &v, n, kv_heads, window);
+        cache.append_host_rows(&k, &v, [rows, n], kv_heads, window);
         let kv = cache.host_view()?;
-        let mut out = vec![0f32; n * qw];
+        let mut out = vec![0f32; m * qw];
         // Short rows of work (one token's attention over a few hundred positions): rayon's
         // tasks, a few tokens each.
         out.par_chunks_mut(qw).enumerate().for_each(|(i, o)| {
+            let (r, t) = (i / n, i % n);
             let mut parts = Vec::new();
             self.attend_host_into(
                 &q[i * qw..(i + 1) * qw],
-                &kv,
-                start + i,
+                &kv.of_row(r),
+                [start + t, pads[r]],
                 false,
                 o,
                 &mut parts,
             );
         });
-        Some(self.o_proj.forward_host(&out, n))
+        Some(self.o_proj.forward_host(&out, m))
     }
 
-    /// One token's attention at position `pos` on the host: its query `q` (`[heads · head_dim]`,
-    /// rotated) over the positions of `kv` it sees (the window's, itself included, or all up
-    /// to `pos`), `[heads · head_dim]` out. With `split`, a cache of more than a few dozen
-    /// kilobytes is split between threads by positions.
+    /// One token's attention at cache slot `pos` on the host: its query `q` (`[heads ·
+    /// head_dim]`, rotated) over the slots of `kv` it sees (the window's, itself included, or
+    /// all up to `pos`; none below `pad`, the row's padding, which itself sees only itself),
+    /// `[heads · head_dim]` out. With `split`, a cache of more than a few dozen kilobytes is
+    /// split between threads by positions.
     fn attend_host_into(
         &self,
         q: &[f32],
         kv: &HostKvView<'_>,
-        pos: usize,
+        [pos, pad]: [usize; 2],
         split: bool,
         out: &mut [f32],
         scratch: &mut Vec<AttnPart>,
@@ -498,8 +520,11 @@ impl Attention {
             window,
             ..
         } = self.cfg;
-        // Keys this query sees: the window's (itself included), or everything cached.
+        // Keys this query sees: the window's (itself included), or everything cached; none of
+        // the padding.
+        let floor = if pos < pad { pos } else { pad };
         let lo = window.map_or(kv.first, |w| (pos + 1).saturating_sub(w).max(kv.first));
+        let lo = lo.max(floor).min(pos);
         let width = kv_heads * head_dim;
         // Each key/value head's positions are a run of memory, `head_stride` values apart.
         let (skip, head_stride) = ((lo - kv.first) * head_dim, kv.head_stride);

@@ -440,6 +440,19 @@ impl HalfMatrix {
         if n == 0 || self.rows == 0 {
             return y;
         }
+        // Several rows: the f32 GEMM over weights widened in registers, where it gives the
+        // result asked for (bf16 weights take the faster bf16 kernels from a few rows on
+        // unless the activations must stay exact).
+        let widened = n > 1
+            && (n < GEMM_MIN_ROWS
+                || self.kind == HalfKind::F16
+                || self.activations == Bf16Activations::Exact
+                || !super::bf16_gemm::available());
+        if widened
+            && super::widen_gemm::gemm(self.kind, self.bits(), [self.rows, self.cols], x, n, &mut y)
+        {
+            return y;
+        }
         if n >= GEMM_MIN_ROWS {
             self.gemm(x, n, &mut y);
         } else {

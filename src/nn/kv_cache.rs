@@ -158,14 +158,15 @@ impl KvBuf {
     }
 }
 
-/// Keys and values on the host: positions `start..len`, head after head (`[heads, cap, dim]`),
-/// so that each key/value head's positions are one run of memory, which the attention kernels
-/// stream front to back.
+/// Keys and values on the host: positions `start..len` of each row of a batch, head after head
+/// (`[rows, heads, cap, dim]`), so that each row's key/value head's positions are one run of
+/// memory, which the attention kernels stream front to back.
 #[derive(Debug, Clone, Default)]
 struct HostKv {
     k: KvBuf,
     v: KvBuf,
     precision: KvPrecision,
+    rows: usize,
     heads: usize,
     dim: usize,
     /// Positions each head has room for.
@@ -175,12 +176,13 @@ struct HostKv {
 }
 
 impl HostKv {
-    fn with_capacity(precision: KvPrecision, heads: usize, dim: usize, cap: usize) -> Self {
-        let n = heads * cap * dim;
+    fn with_capacity(precision: KvPrecision, [rows, heads, dim]: [usize; 3], cap: usize) -> Self {
+        let n = rows * heads * cap * dim;
         Self {
             k: KvBuf::zeros(precision, n),
             v: KvBuf::zeros(precision, n),
             precision,
+            rows,
             heads,
             dim,
             cap,
@@ -188,11 +190,17 @@ impl HostKv {
         }
     }
 
+    /// Runs of positions: one per (row, head).
+    fn lanes(&self) -> usize {
+        self.rows * self.heads
+    }
+
     /// Room for `cap` positions, the held ones kept.
     fn regrow(&mut self, cap: usize) {
-        let mut grown = Self::with_capacity(self.precision, self.heads, self.dim, cap);
+        let shape = [self.rows, self.heads, self.dim];
+        let mut grown = Self::with_capacity(self.precision, shape, cap);
         let run = self.held * self.dim;
-        for g in 0..self.heads {
+        for g in 0..self.lanes() {
             let (from, to) = (g * self.cap * self.dim, g * cap * self.dim);
             grown.k.copy_from(to, &self.k, from, run);
             grown.v.copy_from(to, &self.v, from, run);
@@ -208,16 +216,19 @@ impl HostKv {
         }
     }
 
-    /// Appends one position (`[heads, dim]` each), growing by doubling.
-    fn push(&mut self, k: &[f32], v: &[f32]) {
+    /// Appends position `i` of `n` new ones of every row (`k`, `v`: `[rows, n, heads · dim]`),
+    /// growing by doubling.
+    fn push(&mut self, k: &[f32], v: &[f32], n: usize, i: usize) {
         if self.held == self.cap {
             self.regrow((2 * self.cap).max(BLOCK));
         }
-        let d = self.dim;
-        for g in 0..self.heads {
-            let at = (g * self.cap + self.held) * d;
-            self.k.write(at, &k[g * d..(g + 1) * d]);
-            self.v.write(at, &v[g * d..(g + 1) * d]);
+        let (d, width) = (self.dim, self.heads * self.dim);
+        for lane in 0..self.lanes() {
+            let (r, g) = (lane / self.heads, lane % self.heads);
+            let from = (r * n + i) * width + g * d;
+            let at = (lane * self.cap + self.held) * d;
+            self.k.write(at, &k[from..from + d]);
+            self.v.write(at, &v[from..from + d]);
         }
         self.held += 1;
     }
@@ -226,7 +237,7 @@ impl HostKv {
     fn drop_front(&mut self, n: usize) {
         let n = n.min(self.held);
         let d = self.dim;
-        for g in 0..self.heads {
+        for g in 0..self.lanes() {
             let base = g * self.cap * d;
             self.k.copy_within(base + n * d..base + self.held * d, base);
             self.v.copy_within(base + n * d..base + self.held * d, base);
@@ -235,11 +246,12 @@ impl HostKv {
     }
 }
 
-/// Keys and values visible to a decoded token on the host path: key/value head `g`'s values
-/// at absolute position `first + t` start at `g · head_stride + t · head_dim` of `k` and `v`.
+/// Keys and values visible to a decoded token on the host path: row `r`'s key/value head `g`'s
+/// values at absolute position `first + t` start at `(r · kv_heads + g) · head_stride + t ·
+/// head_dim` of `k` and `v` ([`HostKvView::of_row`] gives one row's view).
 #[derive(Debug, Clone, Copy)]
 pub struct HostKvView<'a> {
-    /// Keys, `[kv_heads, head_stride / head_dim, head_dim]`.
+    /// Keys, `[rows, kv_heads, head_stride / head_dim, head_dim]`.
     pub k: KvSlice<'a>,
     /// Values, laid out as `k`.
     pub v: KvSlice<'a>,
@@ -251,9 +263,21 @@ pub struct HostKvView<'a> {
     pub head_stride: usize,
     /// Values of one head at one position.
     pub head_dim: usize,
+    /// Key/value heads of one row.
+    pub kv_heads: usize,
 }
 
-impl HostKvView<'_> {
+impl<'a> HostKvView<'a> {
+    /// Row `r`'s keys and values alone.
+    pub fn of_row(&self, r: usize) -> HostKvView<'a> {
+        let skip = r * self.kv_heads * self.head_stride;
+        HostKvView {
+            k: self.k.skip(skip),
+            v: self.v.skip(skip),
+            ..*self
+        }
+    }
+
     /// Position `first + t`'s keys of every head (`[kv_heads, head_dim]`).
     pub fn key_row(&self, t: usize) -> Vec<f32> {
         self.row(self.k, t)
@@ -265,8 +289,8 @@ impl HostKvView<'_> {
     }
 
     fn row(&self, from: KvSlice<'_>, t: usize) -> Vec<f32> {
-        let (d, heads) = (self.head_dim, from.len() / self.head_stride.max(1));
-        (0..heads)
+        let d = self.head_dim;
+        (0..self.kv_heads)
             .flat_map(|g| (0..d).map(move |i| g * self.head_stride + t * d + i))
             .map(|i| from.get(i))
             .collect()
@@ -371,24 +395,40 @@ impl LayerCache {
         out
     }
 
-    /// [`append_host`](Self::append_host) for `n` positions (`[n, kv_heads · head_dim]` each),
-    /// the room grown once for all of them.
+    /// [`append_host`](Self::append_host) for `n` positions of each of `rows` rows (`[rows, n,
+    /// kv_heads · head_dim]` each), the room grown once for all of them. A cache in tensor
+    /// form (of `rows` rows) is copied to the host first (once).
     pub(crate) fn append_host_rows(
         &mut self,
         k: &[f32],
         v: &[f32],
-        n: usize,
+        [rows, n]: [usize; 2],
         kv_heads: usize,
         window: Option<usize>,
     ) {
-        let width = k.len() / n.max(1);
+        let head_dim = k.len() / (rows * n * kv_heads).max(1);
+        self.window = window;
+        if self.host.is_none() {
+            let host = self.tensors_to_host([rows, kv_heads, head_dim]);
+            self.host = Some(host);
+        }
+        let host = self.host.get_or_insert_with(HostKv::default);
+        debug_assert_eq!(
+            [host.rows, host.heads, host.dim],
+            [rows, kv_heads, head_dim],
+            "host cache shape"
+        );
+        host.reserve(n);
         for i in 0..n {
-            let rows = i * width..(i + 1) * width;
-            self.append_host(&k[rows.clone()], &v[rows], kv_heads, window);
-            // The first append puts the cache in host form.
-            if let (0, Some(host)) = (i, &mut self.host) {
-                host.reserve(n - 1);
+            if let Some(w) = window {
+                let keep_from = self.len.saturating_sub(w.saturating_sub(1));
+                if keep_from >= self.start + BLOCK {
+                    host.drop_front(keep_from - self.start);
+                    self.start = keep_from;
+                }
             }
+            host.push(k, v, n, i);
+            self.len += 1;
         }
     }
 
@@ -401,6 +441,7 @@ impl LayerCache {
             held: host.held,
             head_stride: host.cap * host.dim,
             head_dim: host.dim,
+            kv_heads: host.heads,
         })
     }
 
@@ -415,36 +456,22 @@ impl LayerCache {
         kv_heads: usize,
         window: Option<usize>,
     ) -> HostKvView<'_> {
-        let head_dim = k.len() / kv_heads.max(1);
-        self.window = window;
-        if self.host.is_none() {
-            let host = self.tensors_to_host(kv_heads, head_dim);
-            self.host = Some(host);
-        }
-        let host = self.host.get_or_insert_with(HostKv::default);
-        if let Some(w) = window {
-            let keep_from = self.len.saturating_sub(w.saturating_sub(1));
-            if keep_from >= self.start + BLOCK {
-                host.drop_front(keep_from - self.start);
-                self.start = keep_from;
-            }
-        }
-        host.push(k, v);
-        self.len += 1;
+        self.append_host_rows(k, v, [1, 1], kv_heads, window);
         self.host_view().expect("in host form above")
     }
 
-    /// The tensor form's positions (`[1, kv_heads, held, head_dim]`) as a host cache; the
+    /// The tensor form's positions (`[rows, kv_heads, held, head_dim]`) as a host cache; the
     /// tensors are dropped.
-    fn tensors_to_host(&mut self, kv_heads: usize, head_dim: usize) -> HostKv {
+    fn tensors_to_host(&mut self, [rows, kv_heads, head_dim]: [usize; 3]) -> HostKv {
         let held = self.len - self.start;
         let (k, v) = (self.k.take(), self.v.take());
-        let mut host = HostKv::with_capacity(self.precision, kv_heads, head_dim, held + BLOCK);
+        let shape = [rows, kv_heads, head_dim];
+        let mut host = HostKv::with_capacity(self.precision, shape, held + BLOCK);
         if let (Some(k), Some(v), true) = (k, v, held > 0) {
             let cap = host.cap;
             let read = |t: Tensor<4>, out: &mut KvBuf| {
-                // [heads, held, dim], each head's run into the front of its room.
-                let vals = host_f32(t.slice([0..1, 0..kv_heads, 0..held, 0..head_dim]));
+                // [rows, heads, held, dim], each (row, head)'s run into the front of its room.
+                let vals = host_f32(t.slice([0..rows, 0..kv_heads, 0..held, 0..head_dim]));
                 let run = held * head_dim;
                 for (g, src) in vals.chunks_exact(run).enumerate() {
                     out.write(g * cap * head_dim, src);
@@ -474,15 +501,16 @@ impl LayerCache {
             self.v = None;
             return;
         }
+        let rows = host.rows;
         let device = like.device();
         let dtype = like.dtype();
         let build = |src: &KvBuf| {
             let run = held * d;
-            let mut out = Vec::with_capacity(h * run);
-            for g in 0..h {
+            let mut out = Vec::with_capacity(rows * h * run);
+            for g in 0..rows * h {
                 src.read_into(g * host.cap * d, run, &mut out);
             }
-            Tensor::<4>::from_data(TensorData::new(out, [1, h, held, d]), (&device, dtype))
+            Tensor::<4>::from_data(TensorData::new(out, [rows, h, held, d]), (&device, dtype))
         };
         self.k = Some(build(&host.k));
         self.v = Some(build(&host.v));

@@ -17,6 +17,7 @@ pub mod quant;
 pub mod quant_gemm;
 pub mod rope;
 pub(crate) mod team;
+pub(crate) mod widen_gemm;
 
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, AttentionContext};
