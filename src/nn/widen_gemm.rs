@@ -153,7 +153,8 @@ mod x86 {
         rows: usize,
         y: &Out,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        // acc[j][r]: token j0 + j against row r0 + r.
+        let mut acc = [[_mm512_setzero_ps(); R]; N];
         let wp = w.as_ptr().add(r0 * cols);
         // Whether the rows of a next tile follow in `w`.
         let ahead = (r0 + 2 * R) * cols <= w.len();
@@ -178,16 +179,16 @@ mod x86 {
                     _mm_prefetch::<_MM_HINT_T0>(wp.add((R + r) * cols + c) as *const i8);
                 }
             }
-            for j in 0..N {
+            for (j, aj) in acc.iter_mut().enumerate() {
                 let xv = _mm512_maskz_loadu_ps(mask, xp.add(j * cols + c));
-                for r in 0..R {
-                    acc[r][j] = _mm512_fmadd_ps(wv[r], xv, acc[r][j]);
+                for (a, wr) in aj.iter_mut().zip(&wv) {
+                    *a = _mm512_fmadd_ps(*wr, xv, *a);
                 }
             }
             c += 16;
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (j, a) in acc.iter().enumerate() {
+        for (j, aj) in acc.iter().enumerate() {
+            for (r, a) in aj.iter().enumerate() {
                 *y.0.add((j0 + j) * rows + r0 + r) = _mm512_reduce_add_ps(*a);
             }
         }
