@@ -58,6 +58,14 @@ const WGPU_LARGE: &[&str] = &[
     "gemma2-f32",
     "gpt2-f32",
     "qwen3-bf16",
+    "granite-bf16",
+    "smollm3-f32",
+];
+
+/// The families tools/make_fixtures.py --large builds, each in f32 and bf16.
+const FAMILIES: &[&str] = &[
+    "gemma", "gemma2", "gemma3", "gpt2", "granite", "llama", "mistral", "mixtral", "phi3", "qwen2",
+    "qwen3", "smollm3",
 ];
 
 struct Tol {
@@ -83,7 +91,14 @@ fn each_on(
     mut check: impl FnMut(&Model, &Expected, &Tol) -> Result<f64, String>,
 ) {
     let fixtures = large_fixtures();
-    assert_eq!(fixtures.len(), 20, "ten families in f32 and bf16");
+    let mut names: Vec<&str> = fixtures.iter().map(|f| f.0.as_str()).collect();
+    names.sort();
+    let mut want: Vec<String> = FAMILIES
+        .iter()
+        .flat_map(|f| [format!("{f}-bf16"), format!("{f}-f32")])
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "every family in f32 and bf16");
     let mut failures = Vec::new();
     for (path, device) in paths() {
         if device.kind() == BackendKind::Wgpu && !wgpu {

@@ -208,6 +208,17 @@ SPECS = {
                  rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     # GPT-2: learned positions, LayerNorm, Conv1D (transposed) weights, fused c_attn, gelu_new.
     "gpt2-f32": dict(arch="gpt2", dtype=torch.float32, tok="gpt2", seed=17, cfg=dict()),
+    # Granite: embedding, attention, residual multipliers and logits scaling, all far from 1.
+    "granite-f32": dict(
+        arch="granite", dtype=torch.float32, tok="llama", seed=18,
+        cfg=dict(embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.5,
+                 logits_scaling=2.5, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # SmolLM3: a NoPE layer every second one, with a sliding window (8) on the NoPE layers;
+    # tied head by default.
+    "smollm3-f32": dict(
+        arch="smollm3", dtype=torch.float32, tok="gpt2", seed=19,
+        cfg=dict(num_hidden_layers=4, no_rope_layer_interval=2, use_sliding_window=True, pad_token_id=0,
+                 sliding_window=8, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -230,6 +241,8 @@ LARGE = {
     "gemma2": ("gemma2-bf16", dict(attn_logit_softcapping=50.0, final_logit_softcapping=30.0)),
     "gemma3": ("gemma3-f32", {}),
     "gpt2": ("gpt2-f32", {}),
+    "granite": ("granite-f32", dict(logits_scaling=1.25)),
+    "smollm3": ("smollm3-f32", {}),
 }
 
 

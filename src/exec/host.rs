@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{logits_tensor, Exec};
+use crate::exec::{logits_tensor, Exec, LogitsPost};
 use crate::models::{Input, LogitsFor};
 use crate::nn::attention::{positions, DecodeScratch};
 use crate::nn::{
@@ -180,7 +180,7 @@ impl Exec for HostExec<'_> {
         mut x: Vec<f32>,
         norm: &RmsNorm,
         head: &Linear,
-        softcap: Option<f64>,
+        post: LogitsPost,
     ) -> Result<Tensor<2>> {
         let (rows, n) = (self.input.rows(), self.input.seq());
         let hidden = x.len() / (rows * n).max(1);
@@ -193,10 +193,7 @@ impl Exec for HostExec<'_> {
         }
         norm.forward_host(&mut x);
         let mut logits = head.forward_host(&x, x.len() / hidden.max(1));
-        if let Some(cap) = softcap {
-            let cap = cap as f32;
-            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
-        }
+        post.apply_host(&mut logits);
         Ok(logits_tensor(logits, head.d_out(), &self.device))
     }
 }

@@ -71,8 +71,7 @@ pub(crate) trait Exec {
     /// Records `x` as the input of the next layer when the pass is tapped.
     fn tap_hidden(&mut self, x: &Self::X);
 
-    /// The final norm and the output head over the positions the pass asks for, then
-    /// `cap · tanh(logits / cap)` when `softcap` is set.
+    /// The final norm and the output head over the positions the pass asks for, then `post`.
     ///
     /// # Shapes
     /// `[rows · n, vocab]`, `n = 1` for [`LogitsFor::Last`], `seq` for [`LogitsFor::All`]
@@ -81,8 +80,49 @@ pub(crate) trait Exec {
         x: Self::X,
         norm: &RmsNorm,
         head: &Linear,
-        softcap: Option<f64>,
+        post: LogitsPost,
     ) -> Result<Tensor<2>>;
+}
+
+/// What a model does to its head's output: `logits / divisor` (Granite's `logits_scaling`),
+/// then `cap · tanh(logits / cap)` (Gemma 2's final soft-cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogitsPost {
+    pub divisor: Option<f64>,
+    pub softcap: Option<f64>,
+}
+
+impl LogitsPost {
+    /// Soft-capping only.
+    pub fn softcap(cap: Option<f64>) -> Self {
+        Self {
+            softcap: cap,
+            ..Self::default()
+        }
+    }
+
+    /// Applies it to host logits.
+    pub fn apply_host(self, logits: &mut [f32]) {
+        if let Some(d) = self.divisor {
+            let d = d as f32;
+            logits.iter_mut().for_each(|l| *l /= d);
+        }
+        if let Some(cap) = self.softcap {
+            let cap = cap as f32;
+            logits.iter_mut().for_each(|l| *l = (*l / cap).tanh() * cap);
+        }
+    }
+
+    /// Applies it to logits on the device.
+    pub fn apply<const D: usize>(self, mut logits: Tensor<D>) -> Tensor<D> {
+        if let Some(d) = self.divisor {
+            logits = logits.div_scalar(d);
+        }
+        match self.softcap {
+            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
+            None => logits,
+        }
+    }
 }
 
 /// A model whose forward pass is written once over [`Exec`].

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::exec::Exec;
+use crate::exec::{Exec, LogitsPost};
 use crate::models::{head_logits, Input, LogitsFor, Taps};
 use crate::nn::{
     Attention, AttentionContext, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding,
@@ -126,15 +126,12 @@ impl Exec for TensorExec<'_> {
         x: Tensor<3>,
         norm: &RmsNorm,
         head: &Linear,
-        softcap: Option<f64>,
+        post: LogitsPost,
     ) -> Result<Tensor<2>> {
         if self.taps.as_ref().is_some_and(|t| t.hidden_states) {
             Taps::hidden(&mut self.taps, &norm.forward(x.clone()));
         }
         let logits = head_logits(x, self.which, |x| norm.forward(x), head);
-        Ok(match softcap {
-            Some(cap) => logits.div_scalar(cap).tanh().mul_scalar(cap),
-            None => logits,
-        })
+        Ok(post.apply(logits))
     }
 }

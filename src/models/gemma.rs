@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{Exec, Forward, HostPlan};
+use crate::exec::{Exec, Forward, HostPlan, LogitsPost};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
@@ -446,7 +446,12 @@ impl Forward for Gemma {
                 }
             }
         }
-        e.logits(x, &self.norm, &self.lm_head, self.cfg.final_softcap)
+        e.logits(
+            x,
+            &self.norm,
+            &self.lm_head,
+            LogitsPost::softcap(self.cfg.final_softcap),
+        )
     }
 
     fn host_plan(&self) -> &HostPlan {

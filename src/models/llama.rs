@@ -32,7 +32,7 @@ use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{Exec, Forward, HostPlan};
+use crate::exec::{Exec, Forward, HostPlan, LogitsPost};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
@@ -278,12 +278,42 @@ enum Ffn {
     Moe(SparseMoe),
 }
 
+/// One Llama layer (other families built from the same tensors reuse it: Granite, SmolLM3).
 #[derive(Debug, Clone)]
-struct DecoderLayer {
+pub(crate) struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Ffn,
+}
+
+impl DecoderLayer {
+    /// `x + s·attn(norm(x))`, then `x + s·mlp(norm(x))`, with `s` = `branch_scale` (1 when
+    /// `None`) and `rope` the rotary embedding of layer `i` (`None`: no positions, NoPE).
+    pub(crate) fn forward<E: Exec>(
+        &self,
+        e: &mut E,
+        i: usize,
+        rope: Option<&RotaryEmbedding>,
+        branch_scale: Option<f32>,
+        x: E::X,
+    ) -> Result<E::X> {
+        let scaled = |e: &mut E, y| match branch_scale {
+            Some(s) => e.scale(y, s),
+            None => y,
+        };
+        let h = e.rms_norm(&self.input_layernorm, &x);
+        let a = e.attention(i, &self.self_attn, rope, h)?;
+        let a = scaled(e, a);
+        let x = e.add(x, a);
+        let h = e.rms_norm(&self.post_attention_layernorm, &x);
+        let m = match &self.mlp {
+            Ffn::Dense(m) => e.gated_mlp(m, h),
+            Ffn::Moe(m) => e.moe(m, h)?,
+        };
+        let m = scaled(e, m);
+        Ok(e.add(x, m))
+    }
 }
 
 /// A loaded Llama-family model.
@@ -291,11 +321,11 @@ struct DecoderLayer {
 pub struct Llama {
     info: LmInfo,
     cfg: LlamaConfig,
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rope: RotaryEmbedding,
+    pub(crate) embed_tokens: Embedding,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: RotaryEmbedding,
     device: Device,
     /// When the host executor runs it.
     host: HostPlan,
@@ -481,17 +511,9 @@ impl Forward for Llama {
         let mut x = e.embed(&self.embed_tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             e.tap_hidden(&x);
-            let h = e.rms_norm(&layer.input_layernorm, &x);
-            let a = e.attention(i, &layer.self_attn, Some(&self.rope), h)?;
-            x = e.add(x, a);
-            let h = e.rms_norm(&layer.post_attention_layernorm, &x);
-            let m = match &layer.mlp {
-                Ffn::Dense(m) => e.gated_mlp(m, h),
-                Ffn::Moe(m) => e.moe(m, h)?,
-            };
-            x = e.add(x, m);
+            x = layer.forward(e, i, Some(&self.rope), None, x)?;
         }
-        e.logits(x, &self.norm, &self.lm_head, None)
+        e.logits(x, &self.norm, &self.lm_head, LogitsPost::default())
     }
 
     fn host_plan(&self) -> &HostPlan {

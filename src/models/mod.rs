@@ -4,7 +4,9 @@ pub mod bert;
 pub mod config;
 pub mod gemma;
 pub mod gpt2;
+pub mod granite;
 pub mod llama;
+pub mod smollm3;
 
 use std::path::Path;
 
@@ -184,6 +186,8 @@ pub const SUPPORTED: &[&str] = &[
     "gemma2",
     "gemma3_text",
     "gpt2",
+    "granite",
+    "smollm3",
 ];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
@@ -216,6 +220,12 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
             let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
             Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
         }
+        "granite" => Ok(Box::new(granite::Granite::load(
+            &path, value, store, device,
+        )?)),
+        "smollm3" => Ok(Box::new(smollm3::SmolLm3::load(
+            &path, value, store, device,
+        )?)),
         "gpt2" => {
             let cfg = gpt2::Gpt2Config::from_json(&path, value)?;
             Ok(Box::new(gpt2::Gpt2::load(cfg, store, device)?))
