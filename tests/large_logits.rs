@@ -60,12 +60,24 @@ const WGPU_LARGE: &[&str] = &[
     "qwen3-bf16",
     "granite-bf16",
     "smollm3-f32",
+    "qwen3_moe-bf16",
 ];
 
 /// The families tools/make_fixtures.py --large builds, each in f32 and bf16.
 const FAMILIES: &[&str] = &[
-    "gemma", "gemma2", "gemma3", "gpt2", "granite", "llama", "mistral", "mixtral", "phi3", "qwen2",
-    "qwen3", "smollm3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gpt2",
+    "granite",
+    "llama",
+    "mistral",
+    "mixtral",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "smollm3",
 ];
 
 struct Tol {

@@ -219,6 +219,13 @@ SPECS = {
         arch="smollm3", dtype=torch.float32, tok="gpt2", seed=19,
         cfg=dict(num_hidden_layers=4, no_rope_layer_interval=2, use_sliding_window=True, pad_token_id=0,
                  sliding_window=8, rope_parameters=dict(rope_type="default", rope_theta=10000.0))),
+    # Qwen3-MoE: per-head q/k norms, 4 experts of width 48, top-2 not renormalised, layer 1 a
+    # dense MLP (mlp_only_layers).
+    "qwen3_moe-f32": dict(
+        arch="qwen3_moe", dtype=torch.float32, tok="gpt2", seed=20,
+        cfg=dict(num_hidden_layers=3, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                 moe_intermediate_size=48, norm_topk_prob=False, mlp_only_layers=[1],
+                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -243,6 +250,7 @@ LARGE = {
     "gpt2": ("gpt2-f32", {}),
     "granite": ("granite-f32", dict(logits_scaling=1.25)),
     "smollm3": ("smollm3-f32", {}),
+    "qwen3_moe": ("qwen3_moe-f32", dict(norm_topk_prob=True)),
 }
 
 

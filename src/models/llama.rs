@@ -38,8 +38,8 @@ use crate::loading::WeightStore;
 use crate::models::config as cfg;
 use crate::models::LmInfo;
 use crate::nn::{
-    Activation, Attention, AttentionConfig, Embedding, GatedMlp, Linear, RmsNorm, RopeScaling,
-    RotaryEmbedding, SparseMoe,
+    Activation, Attention, AttentionConfig, Embedding, GatedMlp, Linear, MoeShape, RmsNorm,
+    RopeScaling, RotaryEmbedding, SparseMoe,
 };
 
 /// `config.json` as written by transformers (field names kept).
@@ -113,8 +113,8 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     /// Fused `qkv_proj` / `gate_up_proj` weights (Phi-3).
     pub fused: bool,
-    /// Sparse mixture of experts `(experts, experts per token)` in place of the MLP (Mixtral).
-    pub moe: Option<(usize, usize)>,
+    /// Sparse mixtures of experts in place of the MLP (Mixtral; Qwen3-MoE).
+    pub moe: Option<MoeSpec>,
     /// Features of each head that rotate (`partial_rotary_factor`).
     pub rotary_dim: usize,
     /// Each layer's sliding window (`None`: full attention).
@@ -207,7 +207,15 @@ impl LlamaConfig {
                         "num_experts_per_tok ({top_k}) exceeds num_local_experts ({experts})"
                     )));
                 }
-                Some((experts, top_k))
+                Some(MoeSpec {
+                    experts,
+                    top_k,
+                    intermediate: raw.intermediate_size,
+                    names: ["w1", "w3", "w2"],
+                    block: "block_sparse_moe",
+                    renormalize: true,
+                    sparse: vec![true; raw.num_hidden_layers],
+                })
             }
             _ => None,
         };
@@ -240,6 +248,25 @@ impl LlamaConfig {
             eos_token_ids: raw.eos_token_id.map(|e| e.to_vec()).unwrap_or_default(),
         })
     }
+}
+
+/// The experts of a model whose MLPs are sparse mixtures.
+#[derive(Debug, Clone)]
+pub struct MoeSpec {
+    /// Experts per layer.
+    pub experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Each expert's MLP width.
+    pub intermediate: usize,
+    /// The layer's block under `model.layers.{i}` (`block_sparse_moe`, `mlp`).
+    pub block: &'static str,
+    /// Each expert's gate, up and down projections under `{block}.experts.{e}`.
+    pub names: [&'static str; 3],
+    /// Whether the chosen experts' weights are renormalised to sum to one.
+    pub renormalize: bool,
+    /// Which layers are mixtures (the others: a dense MLP of `intermediate_size`).
+    pub sparse: Vec<bool>,
 }
 
 /// Which layers use a sliding window, and how wide.
@@ -356,14 +383,18 @@ impl Llama {
                 (a, Ffn::Dense(m))
             } else {
                 let attn = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
-                let mlp = match cfg.moe {
-                    Some((experts, top_k)) => Ffn::Moe(SparseMoe::load_mixtral(
+                let mlp = match cfg.moe.as_ref().filter(|m| m.sparse[i]) {
+                    Some(spec) => Ffn::Moe(SparseMoe::load(
                         store,
-                        &format!("{p}.block_sparse_moe"),
-                        h,
-                        inter,
-                        experts,
-                        top_k,
+                        &format!("{p}.{}", spec.block),
+                        spec.names,
+                        MoeShape {
+                            hidden: h,
+                            intermediate: spec.intermediate,
+                            experts: spec.experts,
+                            top_k: spec.top_k,
+                        },
+                        spec.renormalize,
                         cfg.act,
                         device,
                     )?),

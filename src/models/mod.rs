@@ -6,6 +6,7 @@ pub mod gemma;
 pub mod gpt2;
 pub mod granite;
 pub mod llama;
+pub mod qwen3_moe;
 pub mod smollm3;
 
 use std::path::Path;
@@ -188,6 +189,7 @@ pub const SUPPORTED: &[&str] = &[
     "gpt2",
     "granite",
     "smollm3",
+    "qwen3_moe",
 ];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
@@ -220,6 +222,7 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
             let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
             Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
         }
+        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(&path, value, store, device)?)),
         "granite" => Ok(Box::new(granite::Granite::load(
             &path, value, store, device,
         )?)),

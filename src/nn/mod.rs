@@ -27,7 +27,7 @@ pub use host::{HalfKind, HalfMatrix, KvSlice};
 pub use kv_cache::{CachedKv, HostKvView, KvCache, KvPrecision, LayerCache};
 pub use linear::Linear;
 pub use mlp::{GatedMlp, Mlp};
-pub use moe::SparseMoe;
+pub use moe::{MoeShape, SparseMoe};
 pub use norm::{LayerNorm, RmsNorm};
 pub use quant::{QuantMatrix, Quantization};
 pub use rope::{RopeScaling, RotaryEmbedding};

@@ -1,4 +1,4 @@
-//! Sparse mixture of experts (Mixtral): a router picks the top-k experts of each token, and
+//! Sparse mixture of experts (Mixtral, Qwen3-MoE): a router picks the top-k experts of each token, and
 //! only those experts run, on only their tokens.
 
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
@@ -8,6 +8,19 @@ use crate::error::Result;
 use crate::loading::WeightStore;
 use crate::model::to_vec;
 use crate::nn::{Activation, GatedMlp, Linear};
+
+/// The sizes of a mixture of experts.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeShape {
+    /// Model width.
+    pub hidden: usize,
+    /// Each expert's MLP width.
+    pub intermediate: usize,
+    /// Experts.
+    pub experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+}
 
 /// Router + experts. Routing weights are the softmax over all experts (f32) of the chosen
 /// top-k, renormalised to sum to one when `renormalize` (Mixtral always does).
@@ -21,7 +34,8 @@ pub struct SparseMoe {
 
 impl SparseMoe {
     /// Loads Mixtral's layout: `{prefix}.gate.weight` (`[experts, hidden]`) and
-    /// `{prefix}.experts.{e}.w1/w3/w2.weight` (gate, up, down).
+    /// `{prefix}.experts.{e}.w1/w3/w2.weight` (gate, up, down); the chosen experts' weights
+    /// renormalised.
     #[allow(clippy::too_many_arguments)]
     pub fn load_mixtral(
         store: &mut WeightStore,
@@ -33,6 +47,32 @@ impl SparseMoe {
         act: Activation,
         device: &Device,
     ) -> Result<Self> {
+        let shape = MoeShape {
+            hidden,
+            intermediate,
+            experts,
+            top_k,
+        };
+        Self::load(store, prefix, ["w1", "w3", "w2"], shape, true, act, device)
+    }
+
+    /// Loads `{prefix}.gate.weight` (the router, `[experts, hidden]`) and each expert's gate,
+    /// up and down projections `{prefix}.experts.{e}.{names[0..3]}.weight`.
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        names: [&str; 3],
+        shape: MoeShape,
+        renormalize: bool,
+        act: Activation,
+        device: &Device,
+    ) -> Result<Self> {
+        let MoeShape {
+            hidden,
+            intermediate,
+            experts,
+            top_k,
+        } = shape;
         let gate = Linear::load(
             store,
             &format!("{prefix}.gate"),
@@ -44,31 +84,13 @@ impl SparseMoe {
         let experts = (0..experts)
             .map(|e| {
                 let p = format!("{prefix}.experts.{e}");
+                let mut proj = |name: &str, d_in, d_out| {
+                    Linear::load(store, &format!("{p}.{name}"), d_in, d_out, false, device)
+                };
                 Ok(GatedMlp::from_parts(
-                    Linear::load(
-                        store,
-                        &format!("{p}.w1"),
-                        hidden,
-                        intermediate,
-                        false,
-                        device,
-                    )?,
-                    Linear::load(
-                        store,
-                        &format!("{p}.w3"),
-                        hidden,
-                        intermediate,
-                        false,
-                        device,
-                    )?,
-                    Linear::load(
-                        store,
-                        &format!("{p}.w2"),
-                        intermediate,
-                        hidden,
-                        false,
-                        device,
-                    )?,
+                    proj(names[0], hidden, intermediate)?,
+                    proj(names[1], hidden, intermediate)?,
+                    proj(names[2], intermediate, hidden)?,
                     act,
                 ))
             })
@@ -77,7 +99,7 @@ impl SparseMoe {
             gate,
             experts,
             top_k,
-            renormalize: true,
+            renormalize,
         })
     }
 
