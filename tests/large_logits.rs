@@ -61,6 +61,7 @@ const WGPU_LARGE: &[&str] = &[
     "granite-bf16",
     "smollm3-f32",
     "qwen3_moe-bf16",
+    "olmo2-f32",
 ];
 
 /// The families tools/make_fixtures.py --large builds, each in f32 and bf16.
@@ -73,6 +74,7 @@ const FAMILIES: &[&str] = &[
     "llama",
     "mistral",
     "mixtral",
+    "olmo2",
     "phi3",
     "qwen2",
     "qwen3",

@@ -226,6 +226,10 @@ SPECS = {
         cfg=dict(num_hidden_layers=3, head_dim=16, num_experts=4, num_experts_per_tok=2,
                  moe_intermediate_size=48, norm_topk_prob=False, mlp_only_layers=[1],
                  rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
+    # OLMo 2: norms after the blocks, q/k norms over all heads of a position.
+    "olmo2-f32": dict(
+        arch="olmo2", dtype=torch.float32, tok="gpt2", seed=21,
+        cfg=dict(pad_token_id=0, rope_parameters=dict(rope_type="default", rope_theta=500000.0))),
     "qwen2-bf16": dict(
         arch="qwen2", dtype=torch.bfloat16, tok="gpt2", seed=5,
         cfg=dict(tie_word_embeddings=False,
@@ -251,6 +255,7 @@ LARGE = {
     "granite": ("granite-f32", dict(logits_scaling=1.25)),
     "smollm3": ("smollm3-f32", {}),
     "qwen3_moe": ("qwen3_moe-f32", dict(norm_topk_prob=True)),
+    "olmo2": ("olmo2-f32", {}),
 }
 
 

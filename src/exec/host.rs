@@ -94,6 +94,12 @@ impl Exec for HostExec<'_> {
         x
     }
 
+    fn copy(&mut self, x: &Vec<f32>) -> Vec<f32> {
+        let mut y = self.buffer(x.len());
+        y.copy_from_slice(x);
+        y
+    }
+
     fn scale(&mut self, mut x: Vec<f32>, s: f32) -> Vec<f32> {
         x.iter_mut().for_each(|v| *v *= s);
         x
@@ -106,8 +112,7 @@ impl Exec for HostExec<'_> {
     }
 
     fn rms_norm(&mut self, norm: &RmsNorm, x: &Vec<f32>) -> Vec<f32> {
-        let mut h = self.buffer(x.len());
-        h.copy_from_slice(x);
+        let mut h = self.copy(x);
         norm.forward_host(&mut h);
         h
     }

@@ -40,6 +40,9 @@ pub(crate) trait Exec {
     /// The pass's token embeddings.
     fn embed(&mut self, table: &Embedding) -> Self::X;
 
+    /// A copy of `x` (a block whose input is also its residual, without a norm between).
+    fn copy(&mut self, x: &Self::X) -> Self::X;
+
     /// `x · s`.
     fn scale(&mut self, x: Self::X, s: f32) -> Self::X;
 

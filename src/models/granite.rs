@@ -14,10 +14,9 @@ use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{Exec, Forward, HostPlan, LogitsPost};
+use crate::exec::{Exec, Forward, LogitsPost};
 use crate::loading::WeightStore;
-use crate::models::llama::{Llama, LlamaConfig};
-use crate::models::LmInfo;
+use crate::models::llama::{forward_meta, Llama, LlamaConfig};
 
 /// Granite's fields beyond Llama's.
 #[derive(Debug, Deserialize)]
@@ -98,19 +97,5 @@ impl Forward for Granite {
         e.logits(x, &m.norm, &m.lm_head, post)
     }
 
-    fn host_plan(&self) -> &HostPlan {
-        self.llama.host_plan()
-    }
-
-    fn group(&self) -> usize {
-        self.llama.group()
-    }
-
-    fn lm_info(&self) -> &LmInfo {
-        self.llama.lm_info()
-    }
-
-    fn device(&self) -> &Device {
-        Forward::device(&self.llama)
-    }
+    forward_meta!(llama);
 }

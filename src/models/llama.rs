@@ -42,6 +42,46 @@ use crate::nn::{
     RopeScaling, RotaryEmbedding, SparseMoe,
 };
 
+/// [`Forward`]'s accessors for a [`Llama`] (`forward_meta!()`) or for a model wrapping one in
+/// a field (`forward_meta!(field)`).
+macro_rules! forward_meta {
+    () => {
+        fn host_plan(&self) -> &$crate::exec::HostPlan {
+            &self.host
+        }
+
+        fn group(&self) -> usize {
+            self.cfg.attention.heads / self.cfg.attention.kv_heads
+        }
+
+        fn lm_info(&self) -> &$crate::models::LmInfo {
+            &self.info
+        }
+
+        fn device(&self) -> &$crate::device::Device {
+            &self.device
+        }
+    };
+    ($field:ident) => {
+        fn host_plan(&self) -> &$crate::exec::HostPlan {
+            &self.$field.host
+        }
+
+        fn group(&self) -> usize {
+            self.$field.cfg.attention.heads / self.$field.cfg.attention.kv_heads
+        }
+
+        fn lm_info(&self) -> &$crate::models::LmInfo {
+            &self.$field.info
+        }
+
+        fn device(&self) -> &$crate::device::Device {
+            &self.$field.device
+        }
+    };
+}
+pub(crate) use forward_meta;
+
 /// `config.json` as written by transformers (field names kept).
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
@@ -307,7 +347,7 @@ enum Ffn {
 
 /// One Llama layer (other families built from the same tensors reuse it: Granite, SmolLM3).
 #[derive(Debug, Clone)]
-pub(crate) struct DecoderLayer {
+pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -343,24 +383,123 @@ impl DecoderLayer {
     }
 }
 
-/// A loaded Llama-family model.
+/// A loaded Llama-family model; with other layers `L`, a family that shares its embeddings,
+/// rotary embedding, final norm and head (OLMo 2).
 #[derive(Debug, Clone)]
-pub struct Llama {
-    info: LmInfo,
-    cfg: LlamaConfig,
+pub struct Llama<L = DecoderLayer> {
+    pub(crate) info: LmInfo,
+    pub(crate) cfg: LlamaConfig,
     pub(crate) embed_tokens: Embedding,
-    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) layers: Vec<L>,
     pub(crate) norm: RmsNorm,
     pub(crate) lm_head: Linear,
     pub(crate) rope: RotaryEmbedding,
-    device: Device,
+    pub(crate) device: Device,
     /// When the host executor runs it.
-    host: HostPlan,
+    pub(crate) host: HostPlan,
+}
+
+impl DecoderLayer {
+    /// Loads layer `p` (`model.layers.{i}`) of a Llama-family model.
+    fn load(
+        store: &mut WeightStore,
+        p: &str,
+        i: usize,
+        cfg: &LlamaConfig,
+        attn_cfg: AttentionConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let (inter, bias) = (cfg.intermediate_size, cfg.mlp_bias);
+        let (self_attn, mlp) = if cfg.fused {
+            let (a, m) = load_fused(store, p, cfg, attn_cfg, device)?;
+            (a, Ffn::Dense(m))
+        } else {
+            let attn = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
+            let mlp = match cfg.moe.as_ref().filter(|m| m.sparse[i]) {
+                Some(spec) => Ffn::Moe(SparseMoe::load(
+                    store,
+                    &format!("{p}.{}", spec.block),
+                    spec.names,
+                    MoeShape {
+                        hidden: h,
+                        intermediate: spec.intermediate,
+                        experts: spec.experts,
+                        top_k: spec.top_k,
+                    },
+                    spec.renormalize,
+                    cfg.act,
+                    device,
+                )?),
+                None => Ffn::Dense(GatedMlp::load(
+                    store,
+                    &format!("{p}.mlp"),
+                    h,
+                    inter,
+                    bias,
+                    cfg.act,
+                    device,
+                )?),
+            };
+            (attn, mlp)
+        };
+        let self_attn = if cfg.qk_norm {
+            self_attn.with_qk_norm(store, &format!("{p}.self_attn"), eps, 0.0, device)?
+        } else {
+            self_attn
+        };
+        let norm = |store: &mut WeightStore, name: &str| {
+            RmsNorm::load(store, &format!("{p}.{name}"), h, eps, device)
+        };
+        Ok(Self {
+            input_layernorm: norm(store, "input_layernorm")?,
+            self_attn,
+            post_attention_layernorm: norm(store, "post_attention_layernorm")?,
+            mlp,
+        })
+    }
+}
+
+impl Layer for DecoderLayer {
+    fn is_host(&self) -> bool {
+        self.self_attn.is_host()
+            && match &self.mlp {
+                Ffn::Dense(m) => m.is_host(),
+                Ffn::Moe(m) => m.is_host(),
+            }
+    }
+}
+
+/// A layer of a model built on [`Llama`]'s embeddings, rotary embedding and head (kiln's own
+/// layers implement it).
+pub trait Layer {
+    /// Whether every weight it reads is a host weight.
+    fn is_host(&self) -> bool;
 }
 
 impl Llama {
     /// Loads every tensor of the model from `store` (strictly: see [`WeightStore::finish`]).
     pub fn load(cfg: LlamaConfig, store: &mut WeightStore, device: &Device) -> Result<Self> {
+        Self::load_with(cfg, store, device, DecoderLayer::load)
+    }
+}
+
+impl<L: Layer> Llama<L> {
+    /// Loads the embeddings, final norm, head and rotary embedding of a model configured as
+    /// `cfg`, and each layer through `layer(store, "model.layers.{i}", i, cfg, attention)`.
+    pub(crate) fn load_with(
+        cfg: LlamaConfig,
+        store: &mut WeightStore,
+        device: &Device,
+        mut layer: impl FnMut(
+            &mut WeightStore,
+            &str,
+            usize,
+            &LlamaConfig,
+            AttentionConfig,
+            &Device,
+        ) -> Result<L>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let embed_tokens = Embedding::load(
             store,
@@ -369,70 +508,20 @@ impl Llama {
             h,
             device,
         )?;
-        let eps = cfg.rms_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
-            let p = format!("model.layers.{i}");
             let attn_cfg = AttentionConfig {
                 window: cfg.layer_windows[i],
                 ..cfg.attention.clone()
             };
-            let (inter, bias) = (cfg.intermediate_size, cfg.mlp_bias);
-            let (self_attn, mlp) = if cfg.fused {
-                let (a, m) = load_fused(store, &p, &cfg, attn_cfg, device)?;
-                (a, Ffn::Dense(m))
-            } else {
-                let attn = Attention::load(store, &format!("{p}.self_attn"), attn_cfg, device)?;
-                let mlp = match cfg.moe.as_ref().filter(|m| m.sparse[i]) {
-                    Some(spec) => Ffn::Moe(SparseMoe::load(
-                        store,
-                        &format!("{p}.{}", spec.block),
-                        spec.names,
-                        MoeShape {
-                            hidden: h,
-                            intermediate: spec.intermediate,
-                            experts: spec.experts,
-                            top_k: spec.top_k,
-                        },
-                        spec.renormalize,
-                        cfg.act,
-                        device,
-                    )?),
-                    None => Ffn::Dense(GatedMlp::load(
-                        store,
-                        &format!("{p}.mlp"),
-                        h,
-                        inter,
-                        bias,
-                        cfg.act,
-                        device,
-                    )?),
-                };
-                (attn, mlp)
-            };
-            let self_attn = if cfg.qk_norm {
-                self_attn.with_qk_norm(store, &format!("{p}.self_attn"), eps, 0.0, device)?
-            } else {
-                self_attn
-            };
-            layers.push(DecoderLayer {
-                input_layernorm: RmsNorm::load(
-                    store,
-                    &format!("{p}.input_layernorm"),
-                    h,
-                    eps,
-                    device,
-                )?,
-                self_attn,
-                post_attention_layernorm: RmsNorm::load(
-                    store,
-                    &format!("{p}.post_attention_layernorm"),
-                    h,
-                    eps,
-                    device,
-                )?,
-                mlp,
-            });
+            layers.push(layer(
+                store,
+                &format!("model.layers.{i}"),
+                i,
+                &cfg,
+                attn_cfg,
+                device,
+            )?);
         }
         let norm = RmsNorm::load(store, "model.norm", h, cfg.rms_norm_eps, device)?;
         let lm_head = Linear::load_head(
@@ -458,15 +547,8 @@ impl Llama {
             eos_token_ids: cfg.eos_token_ids.clone(),
             kv_precision: store.kv_precision(),
         };
-        let all_host = embed_tokens.is_host()
-            && lm_head.host().is_some()
-            && layers.iter().all(|l| {
-                l.self_attn.is_host()
-                    && match &l.mlp {
-                        Ffn::Dense(m) => m.is_host(),
-                        Ffn::Moe(m) => m.is_host(),
-                    }
-            });
+        let all_host =
+            embed_tokens.is_host() && lm_head.host().is_some() && layers.iter().all(Layer::is_host);
         Ok(Self {
             host: HostPlan::new(device, all_host, cfg.layer_windows.clone()),
             cfg,
@@ -547,19 +629,5 @@ impl Forward for Llama {
         e.logits(x, &self.norm, &self.lm_head, LogitsPost::default())
     }
 
-    fn host_plan(&self) -> &HostPlan {
-        &self.host
-    }
-
-    fn group(&self) -> usize {
-        self.cfg.attention.heads / self.cfg.attention.kv_heads
-    }
-
-    fn lm_info(&self) -> &LmInfo {
-        &self.info
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
+    forward_meta!();
 }

@@ -6,6 +6,7 @@ pub mod gemma;
 pub mod gpt2;
 pub mod granite;
 pub mod llama;
+pub mod olmo2;
 pub mod qwen3_moe;
 pub mod smollm3;
 
@@ -190,6 +191,7 @@ pub const SUPPORTED: &[&str] = &[
     "granite",
     "smollm3",
     "qwen3_moe",
+    "olmo2",
 ];
 
 /// Reads `config.json` in `dir`, picks the architecture and loads its weights.
@@ -222,6 +224,7 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
             let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
             Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
         }
+        "olmo2" => Ok(Box::new(olmo2::load(&path, value, store, device)?)),
         "qwen3_moe" => Ok(Box::new(qwen3_moe::load(&path, value, store, device)?)),
         "granite" => Ok(Box::new(granite::Granite::load(
             &path, value, store, device,

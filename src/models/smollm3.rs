@@ -15,11 +15,10 @@ use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{Exec, Forward, HostPlan, LogitsPost};
+use crate::exec::{Exec, Forward, LogitsPost};
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::llama::{Llama, LlamaConfig};
-use crate::models::LmInfo;
+use crate::models::llama::{forward_meta, Llama, LlamaConfig};
 
 /// SmolLM3's fields beyond Llama's (and the defaults that differ).
 #[derive(Debug, Deserialize)]
@@ -117,19 +116,5 @@ impl Forward for SmolLm3 {
         e.logits(x, &m.norm, &m.lm_head, LogitsPost::default())
     }
 
-    fn host_plan(&self) -> &HostPlan {
-        self.llama.host_plan()
-    }
-
-    fn group(&self) -> usize {
-        self.llama.group()
-    }
-
-    fn lm_info(&self) -> &LmInfo {
-        self.llama.lm_info()
-    }
-
-    fn device(&self) -> &Device {
-        Forward::device(&self.llama)
-    }
+    forward_meta!(llama);
 }

@@ -89,6 +89,8 @@ pub struct Attention {
     v_proj: Linear,
     o_proj: Linear,
     qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// The q/k norms normalise all heads of a position together (OLMo 2), not each head.
+    qk_norm_whole: bool,
     cfg: AttentionConfig,
 }
 
@@ -255,6 +257,7 @@ impl Attention {
             v_proj: Linear::load(store, &format!("{prefix}.v_proj"), h, kv, qb, device)?,
             o_proj: Linear::load(store, &format!("{prefix}.o_proj"), q, h, cfg.o_bias, device)?,
             qk_norm: None,
+            qk_norm_whole: false,
             cfg,
         })
     }
@@ -273,6 +276,7 @@ impl Attention {
             v_proj,
             o_proj,
             qk_norm: None,
+            qk_norm_whole: false,
             cfg,
         }
     }
@@ -292,6 +296,32 @@ impl Attention {
             RmsNorm::load_with_offset(store, &format!("{prefix}.{name}"), d, eps, offset, device)
         };
         self.qk_norm = Some((norm(store, "q_norm")?, norm(store, "k_norm")?));
+        Ok(self)
+    }
+
+    /// Adds RMSNorms `{prefix}.q_norm` (`[heads · head_dim]`) and `{prefix}.k_norm`
+    /// (`[kv_heads · head_dim]`) over each position's whole query and key projections (OLMo 2).
+    pub fn with_whole_qk_norm(
+        mut self,
+        store: &mut WeightStore,
+        prefix: &str,
+        eps: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let AttentionConfig {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.cfg;
+        let norm = |store: &mut WeightStore, name: &str, dim| {
+            RmsNorm::load(store, &format!("{prefix}.{name}"), dim, eps, device)
+        };
+        self.qk_norm = Some((
+            norm(store, "q_norm", heads * head_dim)?,
+            norm(store, "k_norm", kv_heads * head_dim)?,
+        ));
+        self.qk_norm_whole = true;
         Ok(self)
     }
 
@@ -341,10 +371,19 @@ impl Attention {
             ..
         } = self.cfg;
         let split = |t: Tensor<3>, h: usize| t.reshape([b, seq, h, head_dim]);
-        let mut q = split(self.q_proj.forward(x.clone()), heads);
-        let mut k = split(self.k_proj.forward(x.clone()), kv_heads);
+        let (mut q, mut k) = (
+            self.q_proj.forward(x.clone()),
+            self.k_proj.forward(x.clone()),
+        );
         let v = split(self.v_proj.forward(x), kv_heads).swap_dims(1, 2);
-        if let Some((qn, kn)) = &self.qk_norm {
+        let whole = self.qk_norm.as_ref().filter(|_| self.qk_norm_whole);
+        if let Some((qn, kn)) = whole {
+            q = qn.forward(q);
+            k = kn.forward(k);
+        }
+        let (mut q, mut k) = (split(q, heads), split(k, kv_heads));
+        let per_head = self.qk_norm.as_ref().filter(|_| !self.qk_norm_whole);
+        if let Some((qn, kn)) = per_head {
             q = qn.forward(q);
             k = kn.forward(k);
         }
