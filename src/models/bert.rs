@@ -72,20 +72,18 @@ pub struct BertConfig {
 impl BertConfig {
     /// Resolves `config.json` of a BERT-family model.
     pub fn from_json(path: &Path, value: serde_json::Value) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = cfg::parse(path, value)?;
         let bad = |m: String| Error::config(path, m);
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
+        cfg::sizes(
+            &[
+                ("vocab_size", raw.vocab_size),
+                ("hidden_size", raw.hidden_size),
+                ("num_hidden_layers", raw.num_hidden_layers),
+                ("intermediate_size", raw.intermediate_size),
+            ],
             ("num_hidden_layers", raw.num_hidden_layers),
-            ("intermediate_size", raw.intermediate_size),
-        ] {
-            cfg::positive(name, v).map_err(bad)?;
-        }
-        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
+        )
+        .map_err(bad)?;
         if let Some(p) = raw
             .position_embedding_type
             .as_deref()

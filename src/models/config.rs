@@ -2,7 +2,49 @@
 //! RoPE parameters (old `rope_theta` + `rope_scaling`, or transformers 5's `rope_parameters`),
 //! per-layer sliding windows. Each returns a message naming the `config.json` field at fault.
 
+use std::path::Path;
+
 use crate::nn::RopeScaling;
+
+/// `value` (the `config.json` at `path`) as the serde struct `T`.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+) -> crate::Result<T> {
+    serde_json::from_value(value).map_err(|source| crate::Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A parsed `config.json` and where it was read from (for messages).
+pub struct ConfigJson<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// Its contents.
+    pub value: serde_json::Value,
+}
+
+impl ConfigJson<'_> {
+    /// The contents as the serde struct `T` (the fields a family reads beyond another's).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        parse(self.path, self.value.clone())
+    }
+
+    /// A config error naming the file.
+    pub fn error(&self, m: Msg) -> crate::Error {
+        crate::Error::config(self.path, m)
+    }
+}
+
+/// Checks that every size is positive and that the layer count (`layers`, also among the
+/// sizes or not) is one kiln reads.
+pub fn sizes(sizes: &[(&str, usize)], layers: (&str, usize)) -> Result<(), Msg> {
+    for &(name, v) in sizes {
+        positive(name, v)?;
+    }
+    layer_count(layers.0, layers.1).map(|_| ())
+}
 
 /// A message about the config, to be wrapped in [`crate::Error::Config`].
 pub type Msg = String;

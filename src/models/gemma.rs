@@ -146,20 +146,18 @@ fn optional_number(
 impl GemmaConfig {
     /// Resolves `config.json` of a Gemma model.
     pub fn from_json(path: &Path, value: serde_json::Value, version: Version) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = cfg::parse(path, value)?;
         let bad = |m: String| Error::config(path, m);
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
+        cfg::sizes(
+            &[
+                ("vocab_size", raw.vocab_size),
+                ("hidden_size", raw.hidden_size),
+                ("intermediate_size", raw.intermediate_size),
+                ("num_hidden_layers", raw.num_hidden_layers),
+            ],
             ("num_hidden_layers", raw.num_hidden_layers),
-        ] {
-            cfg::positive(name, v).map_err(bad)?;
-        }
-        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
+        )
+        .map_err(bad)?;
         let n = raw.num_hidden_layers;
         let (heads, kv_heads, head_dim) = cfg::head_shape(
             raw.hidden_size,

@@ -87,19 +87,17 @@ pub struct Gpt2Config {
 impl Gpt2Config {
     /// Resolves `config.json` of a GPT-2 model.
     pub fn from_json(path: &Path, value: serde_json::Value) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = cfg::parse(path, value)?;
         let bad = |m: String| Error::config(path, m);
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("n_embd", raw.n_embd),
+        cfg::sizes(
+            &[
+                ("vocab_size", raw.vocab_size),
+                ("n_embd", raw.n_embd),
+                ("n_layer", raw.n_layer),
+            ],
             ("n_layer", raw.n_layer),
-        ] {
-            cfg::positive(name, v).map_err(bad)?;
-        }
-        cfg::layer_count("n_layer", raw.n_layer).map_err(bad)?;
+        )
+        .map_err(bad)?;
         let (n_head, _, head_dim) =
             cfg::head_shape(raw.n_embd, raw.n_head, None, None, false).map_err(bad)?;
         let act = Activation::from_hf(raw.activation_function.as_deref().unwrap_or("gelu_new"))

@@ -7,15 +7,14 @@
 //!
 //! Everything else (names, norms, RoPE, GQA, tied or separate head) is Llama's.
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::{Exec, Forward, LogitsPost};
 use crate::loading::WeightStore;
+use crate::models::config as cfg;
 use crate::models::llama::{forward_meta, Llama, LlamaConfig};
 
 /// Granite's fields beyond Llama's.
@@ -45,18 +44,13 @@ pub struct Granite {
 }
 
 impl Granite {
-    /// Reads the config at `path` (parsed: `value`) and loads the weights.
+    /// Reads the config (`json`) and loads the weights.
     pub fn load(
-        path: &Path,
-        value: serde_json::Value,
+        json: cfg::ConfigJson<'_>,
         store: &mut WeightStore,
         device: &Device,
     ) -> Result<Self> {
-        let m: Multipliers =
-            serde_json::from_value(value.clone()).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let m: Multipliers = json.parse()?;
         for (name, v) in [
             ("embedding_multiplier", m.embedding_multiplier),
             ("attention_multiplier", m.attention_multiplier),
@@ -64,13 +58,10 @@ impl Granite {
             ("logits_scaling", m.logits_scaling),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::config(
-                    path,
-                    format!("`{name}` must be positive, got {v}"),
-                ));
+                return Err(json.error(format!("`{name}` must be positive, got {v}")));
             }
         }
-        let mut cfg = LlamaConfig::from_json(path, value, "granite")?;
+        let mut cfg = LlamaConfig::from_json(json.path, json.value, "granite")?;
         cfg.attention.scale = m.attention_multiplier;
         Ok(Self {
             llama: Llama::load(cfg, store, device)?,

@@ -182,20 +182,18 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Resolves a parsed `config.json` (at `path`, for messages) of a Llama-family model.
     pub fn from_json(path: &Path, value: serde_json::Value, model_type: &str) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_value(value).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let raw: RawConfig = cfg::parse(path, value)?;
         let bad = |m: String| Error::config(path, m);
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
+        cfg::sizes(
+            &[
+                ("vocab_size", raw.vocab_size),
+                ("hidden_size", raw.hidden_size),
+                ("intermediate_size", raw.intermediate_size),
+                ("num_hidden_layers", raw.num_hidden_layers),
+            ],
             ("num_hidden_layers", raw.num_hidden_layers),
-        ] {
-            cfg::positive(name, v).map_err(bad)?;
-        }
-        cfg::layer_count("num_hidden_layers", raw.num_hidden_layers).map_err(bad)?;
+        )
+        .map_err(bad)?;
         let (heads, kv_heads, head_dim) = cfg::head_shape(
             raw.hidden_size,
             raw.num_attention_heads,

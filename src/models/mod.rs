@@ -210,6 +210,10 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
                 .map(|a| a.trim_end_matches("ForCausalLM").to_ascii_lowercase())
         })
         .ok_or_else(|| Error::config(&path, "neither `model_type` nor `architectures` is set"))?;
+    let json = || config::ConfigJson {
+        path: &path,
+        value: value.clone(),
+    };
     match model_type.as_str() {
         "llama" | "mistral" | "mixtral" | "qwen2" | "qwen3" | "phi3" => {
             let cfg = llama::LlamaConfig::from_json(&path, value, &model_type)?;
@@ -224,14 +228,10 @@ pub fn load(dir: &Path, store: &mut WeightStore, device: &Device) -> Result<Box<
             let cfg = gemma::GemmaConfig::from_json(&path, value, version)?;
             Ok(Box::new(gemma::Gemma::load(cfg, store, device)?))
         }
-        "olmo2" => Ok(Box::new(olmo2::load(&path, value, store, device)?)),
-        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(&path, value, store, device)?)),
-        "granite" => Ok(Box::new(granite::Granite::load(
-            &path, value, store, device,
-        )?)),
-        "smollm3" => Ok(Box::new(smollm3::SmolLm3::load(
-            &path, value, store, device,
-        )?)),
+        "olmo2" => Ok(Box::new(olmo2::load(json(), store, device)?)),
+        "qwen3_moe" => Ok(Box::new(qwen3_moe::load(json(), store, device)?)),
+        "granite" => Ok(Box::new(granite::Granite::load(json(), store, device)?)),
+        "smollm3" => Ok(Box::new(smollm3::SmolLm3::load(json(), store, device)?)),
         "gpt2" => {
             let cfg = gpt2::Gpt2Config::from_json(&path, value)?;
             Ok(Box::new(gpt2::Gpt2::load(cfg, store, device)?))

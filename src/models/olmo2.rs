@@ -6,15 +6,14 @@
 //!   and key (`[kv_heads · head_dim]`) projections, before RoPE, not per head as Qwen3's.
 //! - `rms_norm_eps` defaults to 1e-5.
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::{Exec, Forward, LogitsPost};
 use crate::loading::WeightStore;
+use crate::models::config as cfg;
 use crate::models::llama::{forward_meta, Layer, Llama, LlamaConfig};
 use crate::nn::{Attention, AttentionConfig, GatedMlp, RmsNorm};
 
@@ -68,22 +67,14 @@ impl Olmo2Layer {
 /// A loaded OLMo 2 model.
 pub type Olmo2 = Llama<Olmo2Layer>;
 
-/// Reads the config at `path` (parsed: `value`) and loads the weights.
-pub fn load(
-    path: &Path,
-    value: serde_json::Value,
-    store: &mut WeightStore,
-    device: &Device,
-) -> Result<Olmo2> {
+/// Reads the config (`json`) and loads the weights.
+pub fn load(json: cfg::ConfigJson<'_>, store: &mut WeightStore, device: &Device) -> Result<Olmo2> {
     #[derive(Deserialize)]
     struct Eps {
         rms_norm_eps: Option<f64>,
     }
-    let eps: Eps = serde_json::from_value(value.clone()).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut cfg = LlamaConfig::from_json(path, value, "olmo2")?;
+    let eps: Eps = json.parse()?;
+    let mut cfg = LlamaConfig::from_json(json.path, json.value, "olmo2")?;
     if eps.rms_norm_eps.is_none() {
         cfg.rms_norm_eps = 1e-5;
     }

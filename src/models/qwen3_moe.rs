@@ -12,12 +12,10 @@
 //!
 //! Everything else is Qwen3's, loaded by the Llama family's code.
 
-use std::path::Path;
-
 use serde::Deserialize;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
 use crate::models::llama::{Llama, LlamaConfig, MoeSpec};
@@ -45,18 +43,10 @@ struct Extra {
     sliding_window: Option<usize>,
 }
 
-/// Reads the config at `path` (parsed: `value`) and loads the weights: a Llama-family model.
-pub fn load(
-    path: &Path,
-    value: serde_json::Value,
-    store: &mut WeightStore,
-    device: &Device,
-) -> Result<Llama> {
-    let extra: Extra = serde_json::from_value(value.clone()).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |m: String| Error::config(path, m);
+/// Reads the config (`json`) and loads the weights: a Llama-family model.
+pub fn load(json: cfg::ConfigJson<'_>, store: &mut WeightStore, device: &Device) -> Result<Llama> {
+    let extra: Extra = json.parse()?;
+    let bad = |m: String| json.error(m);
     let n = extra.num_hidden_layers;
     let experts = cfg::positive("num_experts", extra.num_experts.unwrap_or(128)).map_err(bad)?;
     let top_k = cfg::positive(
@@ -86,7 +76,7 @@ pub fn load(
         _ => None,
     };
     // Qwen3's parsing (q/k norms, defaults), then the mixtures and windows.
-    let mut config = LlamaConfig::from_json(path, value, "qwen3")?;
+    let mut config = LlamaConfig::from_json(json.path, json.value, "qwen3")?;
     config.model_type = "qwen3_moe".into();
     config.layer_windows = vec![window; n];
     config.moe = Some(MoeSpec {

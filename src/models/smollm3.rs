@@ -8,13 +8,11 @@
 //! - The head is tied to the embeddings unless the config says otherwise; the context defaults
 //!   to 32768.
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::{Exec, Forward, LogitsPost};
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
@@ -49,18 +47,14 @@ pub struct SmolLm3 {
 }
 
 impl SmolLm3 {
-    /// Reads the config at `path` (parsed: `value`) and loads the weights.
+    /// Reads the config (`json`) and loads the weights.
     pub fn load(
-        path: &Path,
-        value: serde_json::Value,
+        json: cfg::ConfigJson<'_>,
         store: &mut WeightStore,
         device: &Device,
     ) -> Result<Self> {
-        let extra: Extra = serde_json::from_value(value.clone()).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bad = |m: String| Error::config(path, m);
+        let extra: Extra = json.parse()?;
+        let bad = |m: String| json.error(m);
         let n = extra.num_hidden_layers;
         let rope_layers: Vec<bool> = match &extra.no_rope_layers {
             Some(flags) if flags.len() != n => {
@@ -91,7 +85,7 @@ impl SmolLm3 {
             (None, Some(w)) => rope_layers.iter().map(|&r| (!r).then_some(w)).collect(),
             (_, None) => vec![None; n],
         };
-        let mut config = LlamaConfig::from_json(path, value, "smollm3")?;
+        let mut config = LlamaConfig::from_json(json.path, json.value, "smollm3")?;
         config.layer_windows = windows;
         config.tie_word_embeddings = extra.tie_word_embeddings.unwrap_or(true);
         if extra.max_position_embeddings.is_none() {
