@@ -372,7 +372,17 @@ mod x86 {
             let nibbles = _mm512_set1_epi8(0x0F);
             let mut sums = [[_mm512_setzero_ps(); V]; R];
             let wq = self.qs.as_ptr();
+            let block_bytes = if Q4 { QBLOCK / 2 } else { QBLOCK };
             for b in 0..blocks {
+                if t == 0 {
+                    // The next tile's rows at this block: rows of a few hundred bytes, four
+                    // read side by side, are over before the hardware's prefetchers follow
+                    // them (a hint: an address past the matrix is never read).
+                    for r in 0..ROWS {
+                        let at = (ROWS + r) * self.row_bytes + b * block_bytes;
+                        _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(at) as *const i8);
+                    }
+                }
                 let mut ints = [[_mm512_setzero_si512(); V]; R];
                 let mut xd = [_mm512_setzero_ps(); V];
                 for v in 0..V {

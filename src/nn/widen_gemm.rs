@@ -63,12 +63,31 @@ pub(crate) fn gemm(
         let tiles = rows.div_ceil(ROWS);
         let grain = (CALL_BYTES / (ROWS * cols * 2)).max(1);
         super::team::run_ranges(tiles, grain, &|a, b| {
-            for t in a..b {
-                let r0 = t * ROWS;
-                // SAFETY: the CPU has the features, checked by `available`;
-                // rows r0.. of `w`, every token of `x` and `y` lie within the slices (asserted
-                // above); this call alone writes columns r0..r0 + ROWS of `y`.
-                unsafe { x86::rows(kind, w, r0, (rows - r0).min(ROWS), cols, x, n, rows, &out) };
+            // Token groups outside, the call's tiles inside: the call's rows (a few dozen
+            // kilobytes) come from memory for the first group and from the core's cache for
+            // the others, while each group's activations stay in it too.
+            let mut j0 = 0;
+            while j0 < n {
+                let nt = (n - j0).min(TOKENS);
+                for t in a..b {
+                    let r0 = t * ROWS;
+                    // SAFETY: the CPU has the features, checked by `available`; rows r0.. of
+                    // `w`, tokens j0..j0 + nt of `x` and `y` lie within the slices (asserted
+                    // above); this call alone writes columns r0..r0 + ROWS of `y`.
+                    unsafe {
+                        x86::rows(
+                            kind,
+                            w,
+                            [r0, (rows - r0).min(ROWS)],
+                            cols,
+                            x,
+                            [j0, nt],
+                            rows,
+                            &out,
+                        )
+                    };
+                }
+                j0 += nt;
             }
         });
         true
@@ -87,44 +106,38 @@ unsafe impl Sync for Out {}
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{HalfKind, Out, ROWS, TOKENS};
+    use super::{HalfKind, Out, ROWS};
     use std::arch::x86_64::*;
 
-    /// Rows `r0..r0 + nr` (`nr ≤ ROWS`) against every token, a group of [`TOKENS`] at a time.
+    /// Rows `r0..r0 + nr` (`nr ≤ ROWS`) against tokens `j0..j0 + nt` (`nt ≤ TOKENS`).
     ///
     /// # Safety
-    /// AVX-512 F, BW, VL and F16C; the rows lie in `w`, `n` tokens in `x`, and `y` (`[n,
+    /// AVX-512 F, BW, VL and F16C; the rows lie in `w`, the tokens in `x`, and `y` (`[n,
     /// rows]`) has room and no other writer of these columns.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     pub(super) unsafe fn rows(
         kind: HalfKind,
         w: &[u16],
-        r0: usize,
-        nr: usize,
+        [r0, nr]: [usize; 2],
         cols: usize,
         x: &[f32],
-        n: usize,
+        [j0, nt]: [usize; 2],
         rows: usize,
         y: &Out,
     ) {
-        let mut j0 = 0;
-        while j0 < n {
-            let nt = (n - j0).min(TOKENS);
-            macro_rules! tile {
-                ($r:literal, $($t:literal)*) => {
-                    match nt {
-                        $($t => tile::<$r, $t>(kind, w, r0, cols, x, j0, rows, y),)*
-                        _ => unreachable!("at most TOKENS tokens"),
-                    }
-                };
-            }
-            match nr {
-                ROWS => tile!(3, 1 2 3 4 5 6 7 8),
-                2 => tile!(2, 1 2 3 4 5 6 7 8),
-                _ => tile!(1, 1 2 3 4 5 6 7 8),
-            }
-            j0 += nt;
+        macro_rules! tile {
+            ($r:literal, $($t:literal)*) => {
+                match nt {
+                    $($t => tile::<$r, $t>(kind, w, r0, cols, x, j0, rows, y),)*
+                    _ => unreachable!("at most TOKENS tokens"),
+                }
+            };
+        }
+        match nr {
+            ROWS => tile!(3, 1 2 3 4 5 6 7 8),
+            2 => tile!(2, 1 2 3 4 5 6 7 8),
+            _ => tile!(1, 1 2 3 4 5 6 7 8),
         }
     }
 
@@ -156,8 +169,9 @@ mod x86 {
         // acc[j][r]: token j0 + j against row r0 + r.
         let mut acc = [[_mm512_setzero_ps(); R]; N];
         let wp = w.as_ptr().add(r0 * cols);
-        // Whether the rows of a next tile follow in `w`.
-        let ahead = (r0 + 2 * R) * cols <= w.len();
+        // Whether the rows of a next tile follow in `w` and are still to be read from memory
+        // (by the first token group).
+        let ahead = j0 == 0 && (r0 + 2 * R) * cols <= w.len();
         let xp = x.as_ptr().add(j0 * cols);
         let mut c = 0;
         while c < cols {
