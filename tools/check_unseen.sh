@@ -17,8 +17,8 @@ while [ $# -gt 0 ]; do
 done
 out=$(mktemp -d)
 python3 tools/make_fixtures.py --out "$out" --seed-offset "$seed" "${extra[@]}" 2>/dev/null
-# The feature set of the README's test command, so the warm target dir is reused.
-cargo build --release -q --features ndarray,wgpu --example generate --example perplexity
+# The README's test command builds the examples too, with the warm target dir's features.
+cargo test --release --no-run -q 2>/dev/null
 fail=0
 for dir in "$out"/*/; do
   name=$(basename "$dir")

@@ -5,11 +5,12 @@ use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::exec::{logits_tensor, Exec, LogitsPost};
+use crate::exec::{logits_tensor, Exec, HiddenNorm, LogitsPost};
 use crate::models::{Input, LogitsFor};
 use crate::nn::attention::{positions, DecodeScratch};
 use crate::nn::{
-    Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
+    Attention, Embedding, GatedMlp, KvCache, LayerNorm, Linear, Mlp, RmsNorm, RotaryEmbedding,
+    SparseMoe,
 };
 
 /// One forward pass of `input` (from cache slot `cache.len()`) on the host (see
@@ -92,6 +93,28 @@ impl Exec for HostExec<'_> {
             x.extend(table.forward_host(id, &self.device));
         }
         x
+    }
+
+    fn add_positions(&mut self, mut x: Vec<f32>, table: &Embedding) -> Vec<f32> {
+        let (seq, pads) = (self.input.seq(), self.input.pads);
+        let hidden = x.len() / self.n().max(1);
+        for (row, p) in x.chunks_mut(hidden).zip(positions(self.start, seq, pads)) {
+            let pos = table.forward_host(p as u32, &self.device);
+            row.iter_mut().zip(&pos).for_each(|(v, p)| *v += p);
+        }
+        x
+    }
+
+    fn layer_norm(&mut self, norm: &LayerNorm, x: &Vec<f32>) -> Vec<f32> {
+        let mut h = self.copy(x);
+        norm.forward_host(&mut h);
+        h
+    }
+
+    fn mlp(&mut self, mlp: &Mlp, x: Vec<f32>) -> Vec<f32> {
+        let out = mlp.forward_host_rows(&x, self.n());
+        self.give_back(x);
+        out
     }
 
     fn copy(&mut self, x: &Vec<f32>) -> Vec<f32> {
@@ -180,10 +203,10 @@ impl Exec for HostExec<'_> {
 
     fn tap_hidden(&mut self, _x: &Vec<f32>) {}
 
-    fn logits(
+    fn logits<N: HiddenNorm>(
         &mut self,
         mut x: Vec<f32>,
-        norm: &RmsNorm,
+        norm: &N,
         head: &Linear,
         post: LogitsPost,
     ) -> Result<Tensor<2>> {
@@ -196,7 +219,7 @@ impl Exec for HostExec<'_> {
                 .copied()
                 .collect();
         }
-        norm.forward_host(&mut x);
+        norm.host(&mut x);
         let mut logits = head.forward_host(&x, x.len() / hidden.max(1));
         post.apply_host(&mut logits);
         Ok(logits_tensor(logits, head.d_out(), &self.device))

@@ -28,7 +28,8 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::models::{CausalLm, Input, LmInfo, LogitsFor, Taps};
 use crate::nn::{
-    Attention, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding, SparseMoe,
+    Attention, Embedding, GatedMlp, KvCache, LayerNorm, Linear, Mlp, RmsNorm, RotaryEmbedding,
+    SparseMoe,
 };
 
 /// The operations a decoder's forward pass is written in. `X` is the pass's hidden states,
@@ -39,6 +40,16 @@ pub(crate) trait Exec {
 
     /// The pass's token embeddings.
     fn embed(&mut self, table: &Embedding) -> Self::X;
+
+    /// `x` plus the rows of `table` at each token's position (learned absolute positions;
+    /// padding counts from the row's first token, see [`Input`]).
+    fn add_positions(&mut self, x: Self::X, table: &Embedding) -> Self::X;
+
+    /// LayerNorm of `x` (`x` is kept for the residual).
+    fn layer_norm(&mut self, norm: &LayerNorm, x: &Self::X) -> Self::X;
+
+    /// A plain (ungated) MLP.
+    fn mlp(&mut self, mlp: &Mlp, x: Self::X) -> Self::X;
 
     /// A copy of `x` (a block whose input is also its residual, without a norm between).
     fn copy(&mut self, x: &Self::X) -> Self::X;
@@ -78,13 +89,41 @@ pub(crate) trait Exec {
     ///
     /// # Shapes
     /// `[rows · n, vocab]`, `n = 1` for [`LogitsFor::Last`], `seq` for [`LogitsFor::All`]
-    fn logits(
+    fn logits<N: HiddenNorm>(
         &mut self,
         x: Self::X,
-        norm: &RmsNorm,
+        norm: &N,
         head: &Linear,
         post: LogitsPost,
     ) -> Result<Tensor<2>>;
+}
+
+/// A final norm: RMSNorm or LayerNorm.
+pub(crate) trait HiddenNorm {
+    /// Over the last axis of `x`.
+    fn tensor(&self, x: Tensor<3>) -> Tensor<3>;
+    /// In place over each row of `x`.
+    fn host(&self, x: &mut [f32]);
+}
+
+impl HiddenNorm for RmsNorm {
+    fn tensor(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward(x)
+    }
+
+    fn host(&self, x: &mut [f32]) {
+        self.forward_host(x)
+    }
+}
+
+impl HiddenNorm for LayerNorm {
+    fn tensor(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward(x)
+    }
+
+    fn host(&self, x: &mut [f32]) {
+        self.forward_host(x)
+    }
 }
 
 /// What a model does to its head's output: `logits / divisor` (Granite's `logits_scaling`),

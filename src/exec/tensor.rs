@@ -4,11 +4,12 @@ use burn::tensor::Tensor;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::exec::{Exec, LogitsPost};
+use crate::exec::{Exec, HiddenNorm, LogitsPost};
 use crate::models::{head_logits, Input, LogitsFor, Taps};
+use crate::nn::attention::positions;
 use crate::nn::{
-    Attention, AttentionContext, Embedding, GatedMlp, KvCache, Linear, RmsNorm, RotaryEmbedding,
-    SparseMoe,
+    Attention, AttentionContext, Embedding, GatedMlp, KvCache, LayerNorm, Linear, Mlp, RmsNorm,
+    RotaryEmbedding, SparseMoe,
 };
 
 /// One forward pass on burn's tensors (see [`crate::exec`]).
@@ -72,6 +73,23 @@ impl Exec for TensorExec<'_> {
         table.forward_rows(self.input.ids, self.input.rows(), &self.device)
     }
 
+    fn add_positions(&mut self, x: Tensor<3>, table: &Embedding) -> Tensor<3> {
+        let (seq, pads) = (self.input.seq(), self.input.pads);
+        let ids: Vec<u32> = positions(self.start, seq, pads)
+            .into_iter()
+            .map(|p| p as u32)
+            .collect();
+        x + table.forward_rows(&ids, self.input.rows(), &self.device)
+    }
+
+    fn layer_norm(&mut self, norm: &LayerNorm, x: &Tensor<3>) -> Tensor<3> {
+        norm.forward(x.clone())
+    }
+
+    fn mlp(&mut self, mlp: &Mlp, x: Tensor<3>) -> Tensor<3> {
+        mlp.forward(x)
+    }
+
     fn copy(&mut self, x: &Tensor<3>) -> Tensor<3> {
         x.clone()
     }
@@ -125,17 +143,17 @@ impl Exec for TensorExec<'_> {
         Taps::hidden(&mut self.taps, x);
     }
 
-    fn logits(
+    fn logits<N: HiddenNorm>(
         &mut self,
         x: Tensor<3>,
-        norm: &RmsNorm,
+        norm: &N,
         head: &Linear,
         post: LogitsPost,
     ) -> Result<Tensor<2>> {
         if self.taps.as_ref().is_some_and(|t| t.hidden_states) {
-            Taps::hidden(&mut self.taps, &norm.forward(x.clone()));
+            Taps::hidden(&mut self.taps, &norm.tensor(x.clone()));
         }
-        let logits = head_logits(x, self.which, |x| norm.forward(x), head);
+        let logits = head_logits(x, self.which, |x| norm.tensor(x), head);
         Ok(post.apply(logits))
     }
 }

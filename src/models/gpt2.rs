@@ -15,19 +15,17 @@
 
 use std::path::Path;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use serde::Deserialize;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::exec::{Exec, Forward, HostPlan, LogitsPost};
 use crate::loading::config::OneOrMany;
 use crate::loading::WeightStore;
 use crate::models::config as cfg;
-use crate::models::{head_logits, CausalLm, Input, LmInfo, LogitsFor, Taps};
-use crate::nn::{
-    Activation, Attention, AttentionConfig, AttentionContext, Embedding, KvCache, LayerNorm,
-    Linear, Mlp,
-};
+use crate::models::LmInfo;
+use crate::nn::{Activation, Attention, AttentionConfig, Embedding, LayerNorm, Linear, Mlp};
 
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
@@ -150,11 +148,13 @@ pub struct Gpt2 {
     info: LmInfo,
     cfg: Gpt2Config,
     wte: Embedding,
-    wpe: Tensor<2>,
+    wpe: Embedding,
     h: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
     device: Device,
+    /// When the host executor runs it.
+    host: HostPlan,
 }
 
 impl Gpt2 {
@@ -173,7 +173,13 @@ impl Gpt2 {
             d,
             device,
         )?;
-        let wpe = store.take(&format!("{pre}wpe.weight"), [cfg.n_positions, d], device)?;
+        let wpe = Embedding::load(
+            store,
+            &format!("{pre}wpe.weight"),
+            cfg.n_positions,
+            d,
+            device,
+        )?;
         let mut h = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("{pre}h.{i}");
@@ -227,7 +233,12 @@ impl Gpt2 {
             eos_token_ids: cfg.eos_token_ids.clone(),
             kv_precision: store.kv_precision(),
         };
+        let all_host = wte.is_host()
+            && wpe.is_host()
+            && lm_head.host().is_some()
+            && h.iter().all(|b| b.attn.is_host() && b.mlp.is_host());
         Ok(Self {
+            host: HostPlan::new(device, all_host, vec![None; cfg.n_layer]),
             cfg,
             info,
             wte,
@@ -251,56 +262,42 @@ fn conv1d(
     Ok(parts.remove(0))
 }
 
-impl CausalLm for Gpt2 {
-    fn forward_tapped(
-        &self,
-        input: Input<'_>,
-        cache: &mut KvCache,
-        which: LogitsFor,
-        mut taps: Option<&mut Taps>,
-    ) -> Result<Tensor<2>> {
-        let (seq, rows, pads) = (input.seq(), input.rows(), input.pads);
-        let start = cache.len();
-        let max_len = cache.max_len();
-        let d = self.cfg.n_embd;
-        let ctx = AttentionContext::batched(None, start, seq, pads, 1, &self.device);
-        let positions: Vec<i64> = ctx.positions().into_iter().map(|p| p as i64).collect();
-        let positions = Tensor::<1, Int>::from_data(
-            TensorData::new(positions, [rows * seq]),
-            self.device.burn(),
-        );
-        let pos = self
-            .wpe
-            .clone()
-            .select(0, positions)
-            .reshape([rows, seq, d]);
-        let mut x = self.wte.forward_rows(input.ids, rows, &self.device) + pos;
+impl Gpt2 {
+    /// The resolved configuration.
+    pub fn config(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+}
+
+impl Forward for Gpt2 {
+    fn forward<E: Exec>(&self, e: &mut E) -> Result<Tensor<2>> {
+        let x = e.embed(&self.wte);
+        let mut x = e.add_positions(x, &self.wpe);
         for (i, block) in self.h.iter().enumerate() {
-            Taps::hidden(&mut taps, &x);
-            let a = Taps::attention(
-                &mut taps,
-                &block.attn,
-                block.ln_1.forward(x.clone()),
-                &ctx,
-                cache.layer_mut(i),
-                max_len,
-            );
-            x = x + a;
-            let m = block.mlp.forward(block.ln_2.forward(x.clone()));
-            x = x + m;
+            e.tap_hidden(&x);
+            let h = e.layer_norm(&block.ln_1, &x);
+            let a = e.attention(i, &block.attn, None, h)?;
+            x = e.add(x, a);
+            let h = e.layer_norm(&block.ln_2, &x);
+            let m = e.mlp(&block.mlp, h);
+            x = e.add(x, m);
         }
-        if taps.as_ref().is_some_and(|t| t.hidden_states) {
-            Taps::hidden(&mut taps, &self.ln_f.forward(x.clone()));
-        }
-        Ok(head_logits(
-            x,
-            which,
-            |x| self.ln_f.forward(x),
-            &self.lm_head,
-        ))
+        e.logits(x, &self.ln_f, &self.lm_head, LogitsPost::default())
     }
 
-    fn info(&self) -> &LmInfo {
+    fn host_plan(&self) -> &HostPlan {
+        &self.host
+    }
+
+    fn group(&self) -> usize {
+        1
+    }
+
+    fn lm_info(&self) -> &LmInfo {
         &self.info
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 }

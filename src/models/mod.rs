@@ -115,25 +115,6 @@ impl Taps {
             t.hidden.push(x.clone());
         }
     }
-
-    /// Runs `attn` on `x`, recording its attention weights when asked to.
-    pub(crate) fn attention(
-        taps: &mut Option<&mut Taps>,
-        attn: &crate::nn::Attention,
-        x: Tensor<3>,
-        ctx: &crate::nn::AttentionContext,
-        cache: &mut crate::nn::LayerCache,
-        max_len: usize,
-    ) -> Tensor<3> {
-        match taps.as_deref_mut().filter(|t| t.attentions) {
-            Some(t) => {
-                let (out, probs) = attn.forward_with_weights(x, ctx, cache, max_len);
-                t.attn.push(probs);
-                out
-            }
-            None => attn.forward(x, ctx, cache, max_len),
-        }
-    }
 }
 
 /// The facts every causal LM reports, resolved from its config.

@@ -171,4 +171,16 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         self.proj.forward(self.act.forward(self.fc.forward(x)))
     }
+
+    /// [`Mlp::forward`] for `n` rows on the host (`[n, hidden]` → `[n, hidden]`).
+    pub fn forward_host_rows(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut h = self.fc.forward_host(x, n);
+        self.act.forward_host(&mut h);
+        self.proj.forward_host(&h, n)
+    }
+
+    /// Whether both projections keep their weights on the host.
+    pub fn is_host(&self) -> bool {
+        self.fc.host().is_some() && self.proj.host().is_some()
+    }
 }

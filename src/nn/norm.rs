@@ -78,6 +78,8 @@ impl RmsNorm {
 pub struct LayerNorm {
     weight: Tensor<1>,
     bias: Tensor<1>,
+    /// `weight` and `bias` on the host.
+    host: (Vec<f32>, Vec<f32>),
     eps: f64,
 }
 
@@ -90,11 +92,32 @@ impl LayerNorm {
         eps: f64,
         device: &Device,
     ) -> Result<Self> {
+        let w = store.read_f32(&format!("{prefix}.weight"), &[dim])?;
+        let b = store.read_f32(&format!("{prefix}.bias"), &[dim])?;
+        let tensor =
+            |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [dim]), device.floats());
         Ok(Self {
-            weight: store.take(&format!("{prefix}.weight"), [dim], device)?,
-            bias: store.take(&format!("{prefix}.bias"), [dim], device)?,
+            weight: tensor(&w),
+            bias: tensor(&b),
+            host: (w, b),
             eps,
         })
+    }
+
+    /// [`LayerNorm::forward`] in place over each row of `x` on the host (rows of the norm's
+    /// width), in f32.
+    pub fn forward_host(&self, x: &mut [f32]) {
+        let (w, b) = &self.host;
+        let dim = w.len().max(1);
+        for row in x.chunks_mut(dim) {
+            let mean = row.iter().sum::<f32>() / dim as f32;
+            row.iter_mut().for_each(|v| *v -= mean);
+            let var = crate::nn::host::dot_f32(row, row) / dim as f32;
+            let inv = 1.0 / (var + self.eps as f32).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
+                *v = (*v * inv) * w + b;
+            }
+        }
     }
 
     /// Normalises over the last axis.
