@@ -54,8 +54,8 @@ pub struct LoadOptions {
     /// Named LoRA adapters kept apart from the weights, chosen per session
     /// ([`Session::set_adapter`]).
     pub switchable: Vec<(String, Arc<LoraAdapter>)>,
-    /// How activations meet bf16 weights in prefill on CPUs with AVX512-BF16: three bf16 values
-    /// (the default, exact), two (16 significant bits, 1.5× as fast) or one (3× as fast).
+    /// How activations meet bf16 weights in prefill on CPUs with AVX512-BF16: exactly (the
+    /// default: f32 products), as two bf16 values (16 significant bits) or as one.
     pub bf16_activations: Bf16Activations,
     /// Where half-precision weights kept as stored on CPU devices live ([`WeightMemory`]).
     pub weight_memory: WeightMemory,
