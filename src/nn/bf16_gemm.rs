@@ -9,9 +9,10 @@
 //!   values, `hi = bf16(x)`, `mid = bf16(x − hi)`, `lo = bf16(x − hi − mid)`, which is `x`
 //!   itself (24 significant bits, as f32; only subnormal remainders are flushed), and
 //!   multiplies all three: products are exact in f32, so the result is an f32 GEMM's, at 2/3 of
-//!   the f32 FMA's rate. Where AVX-512 F is there, exact products go through
-//!   [`widen_gemm`](super::widen_gemm) instead (f32 FMAs over weights widened in registers),
-//!   which is faster; this kernel's exact mode serves the CPUs without it.
+//!   the f32 FMA's rate. [`HalfMatrix::matmul_t`](super::HalfMatrix::matmul_t) sends exact
+//!   products to [`widen_gemm`](super::widen_gemm) instead (f32 FMAs over weights widened in
+//!   registers: faster, and on every CPU this kernel runs on); this mode stays as a tested
+//!   reference of the three-part arithmetic.
 //! - [`Bf16Activations::Split`] keeps `hi + mid` only: within 2⁻¹⁶·|x| of `x` (16 significant
 //!   bits), 1.5× the rate of `Exact`. Enough for most models; on logits of a trained model's
 //!   size (|logit| ~20) it moved the last-position logits of the large-logit Gemma fixtures by
