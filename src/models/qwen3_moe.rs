@@ -72,7 +72,8 @@ pub fn load(json: cfg::ConfigJson<'_>, store: &mut WeightStore, device: &Device)
     let dense = extra.mlp_only_layers.unwrap_or_default();
     let window = match (extra.use_sliding_window, extra.sliding_window) {
         (Some(true), Some(0)) => return Err(bad("`sliding_window` must be positive".into())),
-        (Some(true), w) => w,
+        // transformers' default window when the config omits it.
+        (Some(true), w) => Some(w.unwrap_or(4096)),
         _ => None,
     };
     // Qwen3's parsing (q/k norms, defaults), then the mixtures and windows.

@@ -412,12 +412,14 @@ impl LayerCache {
             let host = self.tensors_to_host([rows, kv_heads, head_dim]);
             self.host = Some(host);
         }
+        let shape = [rows, kv_heads, head_dim];
+        let held = self.len - self.start;
         let host = self.host.get_or_insert_with(HostKv::default);
-        debug_assert_eq!(
-            [host.rows, host.heads, host.dim],
-            [rows, kv_heads, head_dim],
-            "host cache shape"
-        );
+        if [host.rows, host.heads, host.dim] != shape {
+            // A cache emptied by `truncate` and fed a batch of another shape: fresh room.
+            assert_eq!(held, 0, "a host cache holding positions fed another shape");
+            *host = HostKv::with_capacity(self.precision, shape, n + BLOCK);
+        }
         host.reserve(n);
         for i in 0..n {
             if let Some(w) = window {
@@ -496,7 +498,7 @@ impl LayerCache {
             held == host.held || host.heads == 0,
             "host form out of step"
         );
-        if held == 0 || host.heads != h || host.dim != d {
+        if held == 0 || host.heads != h || host.dim != d || host.rows != like.dims()[0] {
             self.k = None;
             self.v = None;
             return;
@@ -778,6 +780,37 @@ mod tests {
 
     /// Far past a sliding window, both forms hold at most window + two blocks of positions,
     /// however long the sequence grows (the memory of a long chat stays bounded).
+    /// Several rows in host form, each row's positions its own; emptied by `truncate(0)`, the
+    /// cache takes a batch of another size.
+    #[test]
+    fn host_rows_are_kept_apart_and_reshaped_when_empty() {
+        let mut c = LayerCache::default();
+        // 2 rows × 3 positions, 2 kv heads × 3 features: row r's position p holds key(10r + p).
+        let rows_of = |rows: usize, n: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|r| (0..n).flat_map(move |p| key(10 * r + p)))
+                .collect()
+        };
+        let k = rows_of(2, 3);
+        c.append_host_rows(&k, &k, [2, 3], 2, None);
+        let view = c.host_view().unwrap();
+        for r in 0..2 {
+            for p in 0..3 {
+                assert_eq!(
+                    view.of_row(r).key_row(p),
+                    key(10 * r + p),
+                    "row {r} pos {p}"
+                );
+            }
+        }
+        c.truncate(0);
+        let k = rows_of(3, 1);
+        c.append_host_rows(&k, &k, [3, 1], 2, None);
+        let view = c.host_view().unwrap();
+        assert_eq!((view.held, c.len()), (1, 1));
+        assert_eq!(view.of_row(2).value_row(0), key(20));
+    }
+
     #[test]
     fn rolling_caches_stay_bounded() {
         let d = Device::cpu();
